@@ -1,0 +1,163 @@
+"""Argument checks, done up front and worded as PyTorch words them.
+
+Every function here either returns normalised arguments or raises the exception type PyTorch
+raises for the same mistake, with PyTorch's message, so that users recognise it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .index_map import Geometry, Pair, conv_output_size, conv_transpose_output_size, same_padding
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def check(condition: bool, message: str, error: type[Exception] = RuntimeError) -> None:
+    """Raise ``error(message)`` unless ``condition`` holds (cf. ``torch._check``)."""
+    if not condition:
+        raise error(message)
+
+
+def pair(value: int | Sequence[int], name: str, op: str) -> Pair:
+    """An int or a sequence of one or two ints, as a pair (rows, columns)."""
+    values = [value] if isinstance(value, int) else list(value) if isinstance(value, Sequence) else None
+    check(values is not None and all(isinstance(v, int) and not isinstance(v, bool) for v in values),
+          f"{op}(): argument '{name}' must be tuple of ints, not {type(value).__name__}", TypeError)
+    check(len(values) in (1, 2),
+          f"expected {name} to be a single integer value or a list of 2 values to match the "
+          f"convolution dimensions, but got {name}={values}")
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _shape(tensor: torch.Tensor) -> list[int]:
+    return list(tensor.shape)
+
+
+def check_tensors(op: str, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Rank, dtype and dtype agreement of the operands."""
+    check(input.dim() in (3, 4), f"Expected 3D (unbatched) or 4D (batched) input to {op}, "
+                                 f"but got input of size: {_shape(input)}")
+    check(input.dtype == weight.dtype,
+          f"expected scalar type {_scalar_name(input.dtype)} but found {_scalar_name(weight.dtype)}")
+    if bias is not None:
+        check(bias.dtype == input.dtype, f"Input type ({_type_name(input.dtype)}) and bias type "
+                                         f"({_type_name(bias.dtype)}) should be the same")
+    check(input.dtype in SUPPORTED_DTYPES,
+          f'convbook: "{op}" not implemented for {input.dtype} yet (float32 and float64 are)',
+          NotImplementedError)
+
+
+def _scalar_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+            torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.bool: "Bool",
+            torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}.get(dtype, str(dtype))
+
+
+def _type_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+            torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int",
+            torch.bool: "bool"}.get(dtype, str(dtype))
+
+
+def check_hyperparameters(stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                          output_padding: Pair = (0, 0)) -> None:
+    check(min(padding) >= 0, "negative padding is not supported")
+    check(min(output_padding) >= 0, "negative output_padding is not supported")
+    check(min(stride) > 0, "non-positive stride is not supported")
+    check(min(dilation) > 0, "non-positive dilation is not supported")
+    check(isinstance(groups, int) and not isinstance(groups, bool),
+          f"argument 'groups' must be int, not {type(groups).__name__}", TypeError)
+    check(groups > 0, "non-positive groups is not supported")
+
+
+def check_weight(input4: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int,
+                 transposed: bool) -> None:
+    """Shapes of weight and bias against input and groups (input4 is batched)."""
+    check(weight.dim() == 4,
+          f"expected stride to be a single integer value or a list of {weight.dim() - 2} values to "
+          f"match the convolution dimensions, but got stride=[1, 1]")
+    w = _shape(weight)
+    check(w[0] >= groups, f"Given groups={groups}, expected weight to be at least {groups} at "
+                          f"dimension 0, but got weight of size {w} instead")
+    check(w[0] % groups == 0, f"Given groups={groups}, expected weight to be divisible by {groups} at "
+                              f"dimension 0, but got weight of size [{w}] instead")
+    check(min(w[2:]) > 0, f"kernel size should be greater than zero, but got kernel_height: {w[2]} "
+                          f"kernel_width: {w[3]}")
+    if transposed:
+        expected_channels, out_channels, prefix = w[0], w[1] * groups, "Given transposed=1, "
+    else:
+        expected_channels, out_channels, prefix = w[1] * groups, w[0], ""
+    check(input4.shape[1] == expected_channels,
+          f"Given {'transposed=1' if transposed else f'groups={groups}'}, weight of size {w}, expected "
+          f"input{_shape(input4)} to have {expected_channels} channels, but got {input4.shape[1]} "
+          f"channels instead")
+    if bias is not None:
+        check(bias.dim() == 1 and bias.shape[0] == out_channels,
+              f"{prefix}Given weight of size {w}, expected bias to be 1-dimensional with "
+              f"{out_channels} elements, but got bias of size {_shape(bias)} instead")
+    check(input4.shape[0] == 0 or input4.shape[1] == 0 or min(input4.shape[2:]) > 0,
+          f"Only zero batch or zero channel inputs are supported, but got input shape: {_shape(input4)}")
+
+
+def conv2d_geometry(input4: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                    stride, padding, dilation, groups) -> Geometry:
+    """Check the arguments of ``conv2d`` and return its geometry (x = input, y = output)."""
+    stride, dilation = pair(stride, "stride", "conv2d"), pair(dilation, "dilation", "conv2d")
+    if isinstance(padding, str):
+        check(padding in ("valid", "same"), f"Invalid padding string: '{padding}'")
+        check(padding == "valid" or stride == (1, 1),
+              "padding='same' is not supported for strided convolutions")
+    check_hyperparameters(stride, (0, 0) if isinstance(padding, str) else pair(padding, "padding", "conv2d"),
+                          dilation, groups)
+    check_weight(input4, weight, bias, groups, transposed=False)
+    kernel = tuple(weight.shape[2:])
+    if padding == "same":
+        pads = [same_padding(k, d) for k, d in zip(kernel, dilation)]
+    elif padding == "valid":
+        pads = [(0, 0), (0, 0)]
+    else:
+        pads = [(p, p) for p in pair(padding, "padding", "conv2d")]
+    size = tuple(input4.shape[2:])
+    padded = [h + before + after for h, (before, after) in zip(size, pads)]
+    effective = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    check(all(e <= p for e, p in zip(effective, padded)),
+          f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+          f"({effective[0]} x {effective[1]}). Kernel size can't be greater than actual input size")
+    out = tuple(conv_output_size(h, k, s, pad, d) for h, k, s, pad, d in zip(size, kernel, stride, pads, dilation))
+    return Geometry(kernel, stride, (pads[0][0], pads[1][0]), dilation, groups, size, out)
+
+
+def conv_transpose2d_geometry(input4: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              stride, padding, output_padding, groups, dilation) -> Geometry:
+    """Check the arguments of ``conv_transpose2d`` and return its geometry.
+
+    The transposed convolution is the adjoint of a convolution whose *output* has the size of
+    the transposed input: so y = input and x = the (larger) result.
+    """
+    op = "conv_transpose2d"
+    check(not isinstance(padding, str), f"{op}(): argument 'padding' must be tuple of ints, not str", TypeError)
+    stride, padding = pair(stride, "stride", op), pair(padding, "padding", op)
+    output_padding, dilation = pair(output_padding, "output_padding", op), pair(dilation, "dilation", op)
+    check_hyperparameters(stride, padding, dilation, groups, output_padding)
+    check_weight(input4, weight, bias, groups, transposed=True)
+    check(all(a < s or a < d for a, s, d in zip(output_padding, stride, dilation)),
+          "output padding must be smaller than either stride or dilation, but got "
+          f"output_padding_height: {output_padding[0]} output_padding_width: {output_padding[1]} "
+          f"stride_height: {stride[0]} stride_width: {stride[1]} dilation_height: {dilation[0]} "
+          f"dilation_width: {dilation[1]}")
+    kernel = tuple(weight.shape[2:])
+    size = tuple(input4.shape[2:])
+    out = tuple(conv_transpose_output_size(h, k, s, p, d, a) for h, k, s, p, d, a in
+                zip(size, kernel, stride, padding, dilation, output_padding))
+    check(min(out) > 0, f"Given input size per channel: ({size[0]} x {size[1]}). Calculated output "
+                        f"size per channel: ({out[0]} x {out[1]}). Output size is too small")
+    return Geometry(kernel, stride, padding, dilation, groups, out, size)
+
+
+def check_grad_output(grad_output: torch.Tensor, expected: torch.Size, dtype: torch.dtype) -> None:
+    check(grad_output.shape == expected,
+          f"Expected grad_output of size {list(expected)}, but got grad_output of size {_shape(grad_output)}")
+    check(grad_output.dtype == dtype,
+          f"expected scalar type {_scalar_name(dtype)} but found {_scalar_name(grad_output.dtype)}")
