@@ -1,0 +1,44 @@
+"""Proof at the dispatcher that no native convolution runs (book §5.4).
+
+:func:`record_aten_ops` records every ATen operator that executes inside its ``with`` block,
+forward and backward alike (``TorchDispatchMode`` sees the ops autograd runs too);
+:func:`convolution_ops` picks out any of the convolution family.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from contextlib import contextmanager
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+CONVOLUTION_FAMILY = re.compile(
+    r"conv|im2col|col2im|cudnn|mkldnn|miopen|nnpack|thnn|slow_conv|xnnpack"
+)
+"""Operator names of native convolutions and their im2col/col2im helpers (``aten.convolution``,
+``aten.conv2d``, ``aten._convolution``, ``aten.convolution_backward``, ``aten.mkldnn_convolution``,
+``aten.cudnn_convolution``, ``aten._slow_conv2d_forward``, ``aten.thnn_conv2d``, ``aten.im2col``,
+``aten.col2im``, ...)."""
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def record_aten_ops():
+    """``with record_aten_ops() as ops:`` -- afterwards ``ops`` counts every ATen op that ran."""
+    recorder = _Recorder()
+    with recorder:
+        yield recorder.ops
+
+
+def convolution_ops(ops) -> list[str]:
+    """The recorded operators that belong to the convolution family."""
+    return sorted(name for name in ops if CONVOLUTION_FAMILY.search(name.removeprefix("aten.")))
