@@ -48,6 +48,12 @@ def windows(x_padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
                                x_padded.storage_offset())
 
 
+def by_group(t: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
+    """Split dimension ``dim`` (channels) into (groups, channels per group) -- a view. Sizes are
+    explicit so that zero channels still split correctly."""
+    return t.unflatten(dim, (groups, t.shape[dim] // groups))
+
+
 def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Conv2d forward without bias, eq. (2.1):
 
@@ -56,8 +62,8 @@ def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torc
     Windows as a strided view, then one contraction with groups as a batch dimension.
     """
     g = geometry.groups
-    patches = windows(pad_to_extent(x, geometry), geometry).unflatten(1, (g, -1))
-    y = torch.einsum("ngcijuv,gocuv->ngoij", patches, weight.unflatten(0, (g, -1)))
+    patches = by_group(windows(pad_to_extent(x, geometry), geometry), 1, g)
+    y = torch.einsum("ngcijuv,gocuv->ngoij", patches, by_group(weight, 0, g))
     return y.flatten(1, 2)
 
 
@@ -74,7 +80,7 @@ def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     (sh, sw), (dh, dw) = geometry.stride, geometry.dilation
     (kh, kw), (top, left) = geometry.kernel_size, geometry.padding
     (rows_out, cols_out), (height, width) = geometry.output_size, geometry.input_size
-    columns = torch.einsum("ngoij,gocuv->ngcuvij", y.unflatten(1, (g, -1)), weight.unflatten(0, (g, -1)))
+    columns = torch.einsum("ngoij,gocuv->ngcuvij", by_group(y, 1, g), by_group(weight, 0, g))
     columns = columns.flatten(1, 2)
     rows, cols = geometry.extent()
     image = y.new_zeros(y.shape[0], columns.shape[1], max(rows, top + height), max(cols, left + width))
@@ -94,6 +100,6 @@ def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> to
     :func:`correlate`, contracted over batch and positions instead of channels and taps.
     """
     g = geometry.groups
-    patches = windows(pad_to_extent(x, geometry), geometry).unflatten(1, (g, -1))
-    weight = torch.einsum("ngcijuv,ngoij->gocuv", patches, y.unflatten(1, (g, -1)))
+    patches = by_group(windows(pad_to_extent(x, geometry), geometry), 1, g)
+    weight = torch.einsum("ngcijuv,ngoij->gocuv", patches, by_group(y, 1, g))
     return weight.flatten(0, 1)
