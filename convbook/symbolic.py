@@ -1,0 +1,365 @@
+"""Symbolic proofs on tiny cases: every closed form of the book against an independent truth.
+
+Each check evaluates the *same* loop references as :mod:`convbook.reference` on arrays of sympy
+symbols and compares a derived closed form with a truth computed without that formula -- sympy's
+own differentiation of a symbolic loss, the definition by enumeration, or the transpose of an
+explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never numerically.
+
+* :func:`conv2d_gradients`              eqs. (3.2)-(3.4) against ``sympy.diff`` of B(x, w, G) (3.1)
+* :func:`grad_input_is_transposed_convolution`  eq. (3.4) is ``conv_transpose2d(G, w)``: the kernel
+                                        flips, the stride dilates G, the padding crops
+* :func:`conv_transpose_matrix_is_transpose`    the matrix of ``conv_transpose2d`` is exactly Mᵀ,
+                                        M the matrix of ``conv2d`` with the same weight (4.1)
+* :func:`conv_transpose2d_gradients`    eq. (4.5) against ``sympy.diff``
+
+Each returns :class:`Equality` records (claim, number of entries compared, all equal) that the
+book's pages display; :func:`markdown_table` renders a list of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import sympy
+
+from . import reference
+from .index_map import (conv_output_size, conv_transpose_output_size, effective_kernel_size, input_position,
+                        same_padding, window)
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One tiny convolution. For :func:`conv2d_gradients` ``input_shape`` is x's (N, C, H, W) and
+    ``weight_shape`` is (C_out, C_in/groups, kH, kW); for the transposed checks ``input_shape`` is the
+    shape of the transposed convolution's input y and ``weight_shape`` (C_in, C_out/groups, kH, kW),
+    as in ``torch.nn.ConvTranspose2d``."""
+
+    input_shape: tuple[int, int, int, int]
+    weight_shape: tuple[int, int, int, int]
+    stride: Pair = (1, 1)
+    padding: Pair = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: int = 1
+    output_padding: Pair = (0, 0)
+
+    def describe(self, input_name: str = "x") -> str:
+        parts = [f"{input_name} {self.input_shape}", f"w {self.weight_shape}", f"s={self.stride}", f"p={self.padding}",
+                 f"d={self.dilation}", f"g={self.groups}"]
+        if self.output_padding != (0, 0):
+            parts.append(f"a={self.output_padding}")
+        return ", ".join(parts)
+
+    def geometry(self) -> dict:
+        """stride, padding, dilation, groups as keyword arguments of the loop references."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def conv_output_shape(self) -> tuple[int, int, int, int]:
+        """Shape of conv2d(x) for x of ``input_shape`` (eq. 1.3)."""
+        n, _, height, width = self.input_shape
+        sizes = [conv_output_size(size, self.weight_shape[2 + i], self.stride[i], self.padding[i], self.dilation[i])
+                 for i, size in enumerate((height, width))]
+        return (n, self.weight_shape[0], *sizes)
+
+    def transpose_output_shape(self) -> tuple[int, int, int, int]:
+        """Shape of conv_transpose2d(y) for y of ``input_shape`` (eq. 4.2)."""
+        n, _, height, width = self.input_shape
+        sizes = [conv_transpose_output_size(size, self.weight_shape[2 + i], self.stride[i], self.padding[i],
+                                            self.dilation[i], self.output_padding[i])
+                 for i, size in enumerate((height, width))]
+        return (n, self.weight_shape[1] * self.groups, *sizes)
+
+
+CONV2D_CASES = {
+    "stride 2, padding 1": Case((1, 2, 6, 5), (2, 2, 3, 2), stride=(2, 2), padding=(1, 1)),
+    "dilation 2, groups 2": Case((1, 4, 5, 5), (4, 2, 2, 2), padding=(1, 1), dilation=(2, 2), groups=2),
+}
+"""The tiny Conv2d cases of chapter 3: a strided, padded, non-square kernel whose transposed
+convolution needs output_padding 1; and a dilated, grouped, padded one."""
+
+CONV_TRANSPOSE2D_CASES = {
+    "stride 2, padding 1, output_padding 1": Case((1, 2, 3, 3), (2, 2, 3, 3), stride=(2, 2), padding=(1, 1),
+                                                   output_padding=(1, 1)),
+    "stride (2, 1), dilation 2, groups 2, output_padding (1, 0)": Case(
+        (1, 4, 3, 3), (4, 1, 2, 3), stride=(2, 1), padding=(0, 1), dilation=(2, 2), groups=2, output_padding=(1, 0)),
+}
+"""The tiny ConvTranspose2d cases of chapter 4 (``input_shape`` is y's, weight (C_in, C_out/groups, kH, kW))."""
+
+
+@dataclass(frozen=True)
+class Equality:
+    """The outcome of one symbolic comparison: ``entries`` pairs compared, ``all_equal`` if all are."""
+
+    claim: str
+    case: str
+    entries: int
+    all_equal: bool
+
+
+def symbols(name: str, shape) -> sympy.MutableDenseNDimArray:
+    """An array of distinct symbols ``name_i_j_...`` of the given shape."""
+    shape = tuple(shape)
+    array = sympy.MutableDenseNDimArray.zeros(*shape)
+    for index in product(*(range(n) for n in shape)):
+        array[index] = sympy.Symbol(f"{name}_{'_'.join(map(str, index))}")
+    return array
+
+
+def entries(array) -> list[sympy.Expr]:
+    """The elements of a sympy array in row-major order."""
+    return list(sympy.flatten(array.tolist())) if array.rank() > 0 else [array[()]]
+
+
+def equality(claim: str, case: str, derived, truth) -> Equality:
+    """Compare two arrays of the same shape entry by entry, exactly: ``expand(a − b) == 0``."""
+    if tuple(derived.shape) != tuple(truth.shape):
+        return Equality(claim, case, 0, False)
+    pairs = list(zip(entries(derived), entries(truth)))
+    return Equality(claim, case, len(pairs), all(sympy.expand(a - b) == 0 for a, b in pairs))
+
+
+def gradient(loss: sympy.Expr, variables) -> sympy.MutableDenseNDimArray:
+    """∂loss/∂v for every symbol v of ``variables``, by sympy's differentiation, in its shape."""
+    grad = sympy.MutableDenseNDimArray.zeros(*variables.shape)
+    for index in product(*(range(n) for n in variables.shape)):
+        grad[index] = sympy.diff(loss, variables[index])
+    return grad
+
+
+def pairing(a, b) -> sympy.Expr:
+    """⟨a, b⟩ = Σ a ⊙ b, expanded."""
+    return sympy.expand(sum(p * q for p, q in zip(entries(a), entries(b))))
+
+
+# --- Chapter 3: the gradients of Conv2d --------------------------------------------------------
+
+def conv2d_gradients(case: Case) -> list[Equality]:
+    """Eqs. (3.2)-(3.4) against sympy's derivative of the trilinear form (3.1):
+    L = B(x, w, G) + Σ G·b = Σ G ⊙ conv2d(x, w, b), with x, w, b, G all symbols."""
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+    b, grad_output = symbols("b", case.weight_shape[:1]), symbols("G", case.conv_output_shape())
+    geometry, label = case.geometry(), case.describe()
+    loss = pairing(grad_output, reference.conv2d(x, w, b, **geometry))
+    return [
+        equality("∂L/∂b = Σ G over n, i, j  (3.2)", label, reference.conv2d_grad_bias(grad_output), gradient(loss, b)),
+        equality("∂L/∂w = correlation of x with G  (3.3)", label,
+                 reference.conv2d_grad_weight(grad_output, x, case.weight_shape, **geometry), gradient(loss, w)),
+        equality("∂L/∂x = gather of G·w  (3.4)", label,
+                 reference.conv2d_grad_input(grad_output, w, case.input_shape, **geometry), gradient(loss, x)),
+    ]
+
+
+def grad_input_output_padding(case: Case) -> Pair:
+    """The output_padding that makes conv_transpose2d(G) as large as x: rows of x beyond the last
+    window's reach get zero gradient, and this many of them are kept (H − H_min, eq. 4.2)."""
+    _, _, rows, cols = case.conv_output_shape()
+    return tuple(case.input_shape[2 + i] - conv_transpose_output_size((rows, cols)[i], case.weight_shape[2 + i],
+                                                                    case.stride[i], case.padding[i],
+                                                                    case.dilation[i])
+                 for i in range(2))
+
+
+def grad_input_is_transposed_convolution(case: Case) -> list[Equality]:
+    """∂L/∂x (sympy's derivative, and the gather (3.4)) equals ``conv_transpose2d(G, w)`` with the
+    same stride, padding, dilation and groups -- the transposed convolution of chapter 4."""
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+    grad_output = symbols("G", case.conv_output_shape())
+    geometry, label = case.geometry(), case.describe()
+    transposed = reference.conv_transpose2d(grad_output, w, None, case.stride, case.padding,
+                                            grad_input_output_padding(case), case.groups, case.dilation)
+    truth = gradient(pairing(grad_output, reference.conv2d(x, w, None, **geometry)), x)
+    gather = reference.conv2d_grad_input(grad_output, w, case.input_shape, **geometry)
+    return [equality("conv_transpose2d(G, w) = ∂L/∂x (sympy.diff)", label, transposed, truth),
+            equality("conv_transpose2d(G, w) = gather (3.4)", label, transposed, gather)]
+
+
+def zero_insert(grad_output, stride: Pair):
+    """G with ``s − 1`` zeros between neighbours: Ĝ[n, o, s·i, s·j] = G[n, o, i, j] (the stride of
+    the forward becomes a dilation of G). Works on torch tensors and sympy arrays alike."""
+    n_batch, channels, rows, cols = grad_output.shape
+    spread = reference.zeros(grad_output, (n_batch, channels, stride[0] * (rows - 1) + 1, stride[1] * (cols - 1) + 1))
+    for n, o, i, j in product(range(n_batch), range(channels), range(rows), range(cols)):
+        spread[n, o, stride[0] * i, stride[1] * j] = grad_output[n, o, i, j]
+    return spread
+
+
+def flipped_weight(weight, groups: int):
+    """w'[g·C_g + c, o, u, v] = w[g·O_g + o, c, k_h − 1 − u, k_w − 1 − v]: the kernel rotated by 180°
+    and, within each group, input and output channels exchanged."""
+    out_channels, group_channels, kh, kw = weight.shape
+    per_group = out_channels // groups
+    flipped = reference.zeros(weight, (group_channels * groups, per_group, kh, kw))
+    for g, o, c, u, v in product(range(groups), range(per_group), range(group_channels), range(kh), range(kw)):
+        flipped[g * group_channels + c, o, u, v] = weight[g * per_group + o, c, kh - 1 - u, kw - 1 - v]
+    return flipped
+
+
+def flipped_padding(case: Case) -> tuple[Pair, Pair]:
+    """Padding (before, after) of Ĝ for the stride-1 convolution that gives ∂L/∂x:
+    ``d(k − 1) − p`` before and ``d(k − 1) − p + a`` after, a = H − H_min the rows no window
+    reaches; negative amounts crop."""
+    a = grad_input_output_padding(case)
+    before = tuple(case.dilation[i] * (case.weight_shape[2 + i] - 1) - case.padding[i] for i in range(2))
+    return before, tuple(before[i] + a[i] for i in range(2))
+
+
+def grad_input_is_flipped_kernel_convolution(case: Case) -> Equality:
+    """∂L/∂x (sympy's derivative) = conv2d(Ĝ, w', stride 1, padding d(k − 1) − p, dilation d,
+    groups): zero-inserted G (:func:`zero_insert`), flipped kernel (:func:`flipped_weight`)."""
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+    grad_output = symbols("G", case.conv_output_shape())
+    before, after = flipped_padding(case)
+    derived = reference.conv2d(zero_insert(grad_output, case.stride), flipped_weight(w, case.groups), None,
+                               (1, 1), before, case.dilation, case.groups, padding_after=after)
+    truth = gradient(pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), x)
+    return equality("conv2d(zero-inserted G, flipped w) = ∂L/∂x (sympy.diff)", case.describe(), derived, truth)
+
+
+def grad_weight_is_convolution_with_stride_and_dilation_swapped(case: Case) -> Equality:
+    """∂L/∂w (sympy's derivative) = conv2d(x', G', stride d, padding p, dilation s, groups), cropped
+    to k × k, where x' and G' exchange batch and channel axes: in ∂L/∂w[u] = Σ_i G[i]·x[s·i + d·u − p]
+    the tap u moves by d and the kernel index i by s, so stride and dilation change places."""
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+    grad_output = symbols("G", case.conv_output_shape())
+    n_batch, channels = case.input_shape[:2]
+    out_channels, group_channels, kh, kw = case.weight_shape
+    groups, per_group = case.groups, out_channels // case.groups
+    inputs = sympy.MutableDenseNDimArray.zeros(group_channels, groups * n_batch, *case.input_shape[2:])
+    for n, c, h, v in product(range(n_batch), range(channels), *(range(size) for size in case.input_shape[2:])):
+        inputs[c % group_channels, (c // group_channels) * n_batch + n, h, v] = x[n, c, h, v]
+    kernel = sympy.MutableDenseNDimArray.zeros(out_channels, n_batch, *grad_output.shape[2:])
+    for n, o, i, j in product(range(n_batch), range(out_channels), *(range(size) for size in grad_output.shape[2:])):
+        kernel[o, n, i, j] = grad_output[n, o, i, j]
+    swapped = reference.conv2d(inputs, kernel, None, case.dilation, case.padding, case.stride, groups)
+    derived = sympy.MutableDenseNDimArray.zeros(*case.weight_shape)
+    for o, c, u, v in product(range(out_channels), range(group_channels), range(kh), range(kw)):
+        derived[o, c, u, v] = swapped[c, o, u, v]
+    truth = gradient(pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), w)
+    return equality("conv2d(x, G, stride d, dilation s) = ∂L/∂w (sympy.diff)", case.describe(), derived, truth)
+
+
+# --- Chapter 4: the transposed convolution -----------------------------------------------------
+
+def linear_map_matrix(outputs, inputs) -> sympy.Matrix:
+    """The matrix of a linear map from its symbolic image: entry (r, c) = ∂ output_r / ∂ input_c."""
+    return sympy.Matrix(entries(outputs)).jacobian(entries(inputs))
+
+
+def conv_transpose_matrix_is_transpose(case: Case) -> Equality:
+    """Build M, the matrix of x ↦ conv2d(x, w) (x of the transposed output's shape), and T, the
+    matrix of y ↦ conv_transpose2d(y, w), from the loop references applied to symbols; claim T = Mᵀ."""
+    w = symbols("w", case.weight_shape)
+    y, x = symbols("y", case.input_shape), symbols("x", case.transpose_output_shape())
+    image = reference.conv2d(x, w, None, **case.geometry())
+    if tuple(image.shape) != tuple(y.shape):
+        return Equality("matrix of conv_transpose2d = Mᵀ", case.describe("y"), 0, False)
+    conv = linear_map_matrix(image, x)
+    transposed = linear_map_matrix(
+        reference.conv_transpose2d(y, w, None, case.stride, case.padding, case.output_padding, case.groups,
+                                   case.dilation), y)
+    return Equality(f"matrix of conv_transpose2d = Mᵀ ({conv.rows}×{conv.cols} M)", case.describe("y"),
+                    conv.rows * conv.cols, transposed == conv.T)
+
+
+def conv_transpose2d_gradients(case: Case) -> list[Equality]:
+    """Eq. (4.5) against sympy's derivative of L = Σ G ⊙ conv_transpose2d(y, w, b): the input
+    gradient is ``conv2d(G, w)``, the weight gradient the correlation of G with y, the bias
+    gradient Σ G."""
+    y, w = symbols("y", case.input_shape), symbols("w", case.weight_shape)
+    b, grad_output = symbols("b", (case.weight_shape[1] * case.groups,)), symbols("G", case.transpose_output_shape())
+    geometry, label = case.geometry(), case.describe("y")
+    loss = pairing(grad_output, reference.conv_transpose2d(y, w, b, case.stride, case.padding, case.output_padding,
+                                                           case.groups, case.dilation))
+    return [
+        equality("∂L/∂y = conv2d(G, w)  (4.5a)", label, reference.conv2d(grad_output, w, None, **geometry),
+                 gradient(loss, y)),
+        equality("∂L/∂w = correlation of G with y  (4.5b)", label,
+                 reference.conv2d_grad_weight(y, grad_output, case.weight_shape, **geometry), gradient(loss, w)),
+        equality("∂L/∂b = Σ G over n, h, w  (4.5c)", label, reference.conv2d_grad_bias(grad_output), gradient(loss, b)),
+    ]
+
+
+def markdown_table(results: list[Equality]) -> str:
+    """One row per comparison: claim, case, entries compared, all equal."""
+    lines = ["| claim | case | entries compared | all equal |", "|---|---|---|---|"]
+    lines += [f"| {r.claim} | {r.case} | {r.entries} | {r.all_equal} |" for r in results]
+    return "\n".join(lines)
+
+
+# --- Chapter 1: sizes by enumeration -----------------------------------------------------------
+
+SIZE_GRID = dict(size=range(1, 9), kernel_size=range(1, 5), stride=range(1, 4),
+                 padding=(0, 1, 2, (0, 1), (1, 0), (1, 2)), dilation=range(1, 4))
+"""Chapter 1's tiny configurations; a padding is one number for both sides or a pair (before, after)."""
+
+
+def size_cases(grid: dict = SIZE_GRID) -> list[tuple]:
+    """Every (H, k, s, padding, d) of ``grid`` whose dilated kernel (1.2) fits in the padded input:
+    the configurations PyTorch accepts (it raises for the others)."""
+    cases = []
+    for size, k, s, padding, d in product(*(grid[name] for name in ("size", "kernel_size", "stride", "padding",
+                                                                     "dilation"))):
+        before, after = (padding, padding) if isinstance(padding, int) else padding
+        if size + before + after >= effective_kernel_size(k, d):
+            cases.append((size, k, s, padding, d))
+    return cases
+
+
+def valid_window_count(size: int, kernel_size: int, stride: int = 1, padding: int | Pair = 0,
+                       dilation: int = 1) -> int:
+    """The number of output positions i = 0, 1, … whose whole window -- every tap's position by the
+    index map (1.1) -- lies in the padded input [−p_before, H + p_after), counted one by one."""
+    before, after = (padding, padding) if isinstance(padding, int) else padding
+    candidates = range(size + before + after + 1)  # from i = H + p_b + p_a on, even tap 0 is past the end
+    return sum(all(-before <= h < size + after for h in window(i, kernel_size, stride, before, dilation))
+               for i in candidates)
+
+
+def output_size_by_enumeration(grid: dict = SIZE_GRID) -> Equality:
+    """Eq. (1.3) against counting: on every case of ``grid`` the number of windows inside the padded
+    input (:func:`valid_window_count`) equals ``conv_output_size``."""
+    cases = size_cases(grid)
+    agree = all(valid_window_count(*case) == conv_output_size(*case) for case in cases)
+    return Equality("windows inside the padded input = ⌊(H + p_b + p_a − d(k−1) − 1)/s⌋ + 1  (1.3)",
+                    f"{len(cases)} configurations (H ≤ {max(grid['size'])}, k ≤ {max(grid['kernel_size'])}, "
+                    f"s ≤ {max(grid['stride'])}, d ≤ {max(grid['dilation'])})", len(cases), agree)
+
+
+def solved_output_size() -> tuple[sympy.Rel, sympy.Rel, sympy.Expr]:
+    """Eq. (1.3) derived by sympy: the condition "the last tap of output i is inside the padded
+    input", ``s·i + d(k−1) − p_b ≤ H + p_a − 1`` (from the index map (1.1) at u = k − 1), solved
+    for i; outputs i = 0 … ⌊bound⌋ qualify, so there are ⌊bound⌋ + 1 of them.
+    Returns (condition, solution, number of outputs)."""
+    size, k, s, d = sympy.symbols("H k s d", integer=True, positive=True)
+    before, after = sympy.symbols("p_b p_a", integer=True, nonnegative=True)
+    i = sympy.Symbol("i", integer=True, nonnegative=True)
+    condition = input_position(i, k - 1, s, before, d) <= size + after - 1
+    solution = sympy.solve(condition, i)
+    return condition, solution, sympy.floor(solution.rhs) + 1
+
+
+def output_size_by_solving(grid: dict = SIZE_GRID) -> list[Equality]:
+    """The solved bound is the one of eq. (1.3), symbolically, and ⌊bound⌋ + 1 -- sympy's floor of
+    the exact rational -- equals ``conv_output_size`` on every case of ``grid``."""
+    _, solution, count = solved_output_size()
+    names = {symbol.name: symbol for symbol in count.free_symbols}
+    size, k, s, d, before, after = (names[n] for n in ("H", "k", "s", "d", "p_b", "p_a"))
+    formula = (size + before + after - (d * (k - 1) + 1)) / s
+    cases = size_cases(grid)
+    values = [count.subs({size: h, k: kk, s: ss, d: dd, before: pb, after: pa})
+              for h, kk, ss, padding, dd in cases
+              for pb, pa in [(padding, padding) if isinstance(padding, int) else padding]]
+    return [Equality("solve(s·i + d(k−1) − p_b ≤ H + p_a − 1) gives i ≤ (H + p_b + p_a − d(k−1) − 1)/s",
+                     "symbolic H, k, s, p_b, p_a, d", 1, sympy.simplify(solution.rhs - formula) == 0),
+            Equality("⌊bound⌋ + 1 (sympy.floor) = conv_output_size  (1.3)", f"{len(cases)} configurations",
+                     len(cases), all(v == conv_output_size(*case) for v, case in zip(values, cases)))]
+
+
+def same_padding_by_enumeration(grid: dict = SIZE_GRID) -> Equality:
+    """Eq. (1.4): with stride 1 and the (before, after) padding of ``same_padding``, the number of
+    windows inside the padded input (counted) is H, for every H, k, d of ``grid``."""
+    cases = list(product(grid["size"], grid["kernel_size"], grid["dilation"]))
+    agree = all(valid_window_count(h, k, 1, same_padding(k, d), d) == h for h, k, d in cases)
+    return Equality("'same' padding (⌊d(k−1)/2⌋ before, the rest after) keeps H  (1.4)",
+                    f"{len(cases)} (H, k, d)", len(cases), agree)

@@ -1,0 +1,85 @@
+"""The symbolic proofs of chapters 3 and 4, run as tests: exact sympy equality on tiny cases."""
+from __future__ import annotations
+
+from itertools import product
+
+import pytest
+
+from convbook import reference, symbolic
+from convbook.symbolic import CONV2D_CASES, CONV_TRANSPOSE2D_CASES, Case
+
+conv2d_cases = pytest.mark.parametrize("case", CONV2D_CASES.values(), ids=CONV2D_CASES.keys())
+transpose_cases = pytest.mark.parametrize("case", CONV_TRANSPOSE2D_CASES.values(), ids=CONV_TRANSPOSE2D_CASES.keys())
+
+
+def assert_all_equal(results):
+    for result in results:
+        assert result.entries > 0 and result.all_equal, result
+
+
+@conv2d_cases
+def test_sympy_conv2d_gradients_equal_the_derivative_of_the_trilinear_form(case):
+    assert_all_equal(symbolic.conv2d_gradients(case))
+
+
+@conv2d_cases
+def test_sympy_grad_input_equals_transposed_convolution_of_G(case):
+    assert_all_equal(symbolic.grad_input_is_transposed_convolution(case))
+
+
+@conv2d_cases
+def test_sympy_grad_input_is_a_convolution_of_zero_inserted_G_with_the_flipped_kernel(case):
+    assert_all_equal([symbolic.grad_input_is_flipped_kernel_convolution(case)])
+
+
+def test_sympy_grad_input_crops_when_padding_exceeds_the_kernel_span():
+    case = Case((1, 2, 5, 5), (2, 2, 2, 2), padding=(2, 2))
+    assert symbolic.flipped_padding(case) == ((-1, -1), (-1, -1))
+    assert_all_equal([symbolic.grad_input_is_flipped_kernel_convolution(case)])
+
+
+@conv2d_cases
+def test_sympy_grad_weight_is_a_convolution_with_stride_and_dilation_swapped(case):
+    assert_all_equal([symbolic.grad_weight_is_convolution_with_stride_and_dilation_swapped(case)])
+
+
+def test_sympy_gradients_hold_with_a_batch_and_unequal_strides():
+    case = Case((2, 2, 7, 6), (2, 1, 3, 2), stride=(3, 2), padding=(2, 1), dilation=(1, 2), groups=2)
+    assert_all_equal(symbolic.conv2d_gradients(case) + symbolic.grad_input_is_transposed_convolution(case)
+                     + [symbolic.grad_input_is_flipped_kernel_convolution(case),
+                        symbolic.grad_weight_is_convolution_with_stride_and_dilation_swapped(case)])
+
+
+@transpose_cases
+def test_sympy_conv_transpose_matrix_is_transpose_of_conv_matrix(case):
+    assert_all_equal([symbolic.conv_transpose_matrix_is_transpose(case)])
+
+
+@transpose_cases
+def test_sympy_conv_transpose_gradients_are_a_conv2d_and_a_correlation(case):
+    assert_all_equal(symbolic.conv_transpose2d_gradients(case))
+
+
+def test_exact_comparison_detects_a_wrong_stride():
+    case = CONV2D_CASES["stride 2, padding 1"]
+    x, w = symbolic.symbols("x", case.input_shape), symbolic.symbols("w", case.weight_shape)
+    grad_output = symbolic.symbols("G", case.conv_output_shape())
+    truth = symbolic.gradient(symbolic.pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), x)
+    wrong = reference.conv2d_grad_input(grad_output, w, case.input_shape, (1, 1), case.padding)
+    result = symbolic.equality("stride forgotten", case.describe(), wrong, truth)
+    assert result.entries == truth.shape[0] * truth.shape[1] * truth.shape[2] * truth.shape[3]
+    assert not result.all_equal
+
+
+def test_exact_comparison_detects_an_unflipped_kernel():
+    case = CONV2D_CASES["stride 2, padding 1"]
+    x, w = symbolic.symbols("x", case.input_shape), symbolic.symbols("w", case.weight_shape)
+    grad_output = symbolic.symbols("G", case.conv_output_shape())
+    truth = symbolic.gradient(symbolic.pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), x)
+    channel_swap_only = symbolic.symbols("unused", (case.weight_shape[1], case.weight_shape[0], *case.weight_shape[2:]))
+    for o, c, u, v in product(*(range(n) for n in case.weight_shape)):
+        channel_swap_only[c, o, u, v] = w[o, c, u, v]
+    before, after = symbolic.flipped_padding(case)
+    derived = reference.conv2d(symbolic.zero_insert(grad_output, case.stride), channel_swap_only, None, (1, 1),
+                               before, case.dilation, padding_after=after)
+    assert not symbolic.equality("kernel not flipped", case.describe(), derived, truth).all_equal
