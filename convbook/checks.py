@@ -86,17 +86,20 @@ def check_weight(input4: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     check(min(w[2:]) > 0, f"kernel size should be greater than zero, but got kernel_height: {w[2]} "
                           f"kernel_width: {w[3]}")
     if transposed:
-        expected_channels, out_channels, prefix = w[0], w[1] * groups, "Given transposed=1, "
+        expected_channels, out_channels, prefix = w[0], w[1] * groups, "Given transposed=1, weight"
     else:
-        expected_channels, out_channels, prefix = w[1] * groups, w[0], ""
+        expected_channels, out_channels, prefix = w[1] * groups, w[0], "Given weight"
     check(input4.shape[1] == expected_channels,
           f"Given {'transposed=1' if transposed else f'groups={groups}'}, weight of size {w}, expected "
           f"input{_shape(input4)} to have {expected_channels} channels, but got {input4.shape[1]} "
           f"channels instead")
     if bias is not None:
         check(bias.dim() == 1 and bias.shape[0] == out_channels,
-              f"{prefix}Given weight of size {w}, expected bias to be 1-dimensional with "
+              f"{prefix} of size {w}, expected bias to be 1-dimensional with "
               f"{out_channels} elements, but got bias of size {_shape(bias)} instead")
+
+
+def check_nonempty_image(input4: torch.Tensor) -> None:
     check(input4.shape[0] == 0 or input4.shape[1] == 0 or min(input4.shape[2:]) > 0,
           f"Only zero batch or zero channel inputs are supported, but got input shape: {_shape(input4)}")
 
@@ -125,6 +128,7 @@ def conv2d_geometry(input4: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     check(all(e <= p for e, p in zip(effective, padded)),
           f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
           f"({effective[0]} x {effective[1]}). Kernel size can't be greater than actual input size")
+    check_nonempty_image(input4)
     out = tuple(conv_output_size(h, k, s, pad, d) for h, k, s, pad, d in zip(size, kernel, stride, pads, dilation))
     return Geometry(kernel, stride, (pads[0][0], pads[1][0]), dilation, groups, size, out)
 
@@ -142,6 +146,7 @@ def conv_transpose2d_geometry(input4: torch.Tensor, weight: torch.Tensor, bias: 
     output_padding, dilation = pair(output_padding, "output_padding", op), pair(dilation, "dilation", op)
     check_hyperparameters(stride, padding, dilation, groups, output_padding)
     check_weight(input4, weight, bias, groups, transposed=True)
+    check_nonempty_image(input4)
     check(all(a < s or a < d for a, s, d in zip(output_padding, stride, dilation)),
           "output padding must be smaller than either stride or dilation, but got "
           f"output_padding_height: {output_padding[0]} output_padding_width: {output_padding[1]} "
