@@ -363,3 +363,22 @@ def same_padding_by_enumeration(grid: dict = SIZE_GRID) -> Equality:
     agree = all(valid_window_count(h, k, 1, same_padding(k, d), d) == h for h, k, d in cases)
     return Equality("'same' padding (⌊d(k−1)/2⌋ before, the rest after) keeps H  (1.4)",
                     f"{len(cases)} (H, k, d)", len(cases), agree)
+
+
+# --- Chapter 2: channel groups -----------------------------------------------------------------
+
+def groups_are_separate_convolutions(case: Case) -> Equality:
+    """Eq. (2.1) with g groups is g independent convolutions: output channels
+    γ·C_out/g … (γ+1)·C_out/g − 1 of ``conv2d(x, w, groups=g)`` equal ``conv2d`` (groups = 1) of
+    input channels γ·C_in/g … (γ+1)·C_in/g − 1 with the same block of w, for every group γ."""
+    x, w, b = symbols("x", case.input_shape), symbols("w", case.weight_shape), symbols("b", case.weight_shape[:1])
+    geometry, groups = case.geometry(), case.groups
+    grouped = reference.conv2d(x, w, b, **geometry)
+    inputs, outputs = case.input_shape[1] // groups, case.weight_shape[0] // groups
+    separate = sympy.MutableDenseNDimArray.zeros(*grouped.shape)
+    for group in range(groups):
+        block = slice(group * outputs, (group + 1) * outputs)
+        part = reference.conv2d(x[:, group * inputs:(group + 1) * inputs, :, :], w[block, :, :, :], b[block],
+                                **{**geometry, "groups": 1})
+        separate[:, block, :, :] = part
+    return equality(f"groups={groups}: {groups} separate convolutions", case.describe(), grouped, separate)

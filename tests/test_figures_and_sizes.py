@@ -100,3 +100,9 @@ def test_channel_connections_follow_the_groups():
 def test_every_figure_draws():
     for fig in (figures.padding_modes_figure(), figures.im2col_figure(4, 2, padding=1), figures.groups_figure()):
         assert fig.axes
+
+
+@pytest.mark.parametrize("case", [symbolic.Case((1, 4, 3, 3), (6, 2, 2, 2), groups=2),
+                                  symbolic.Case((1, 3, 3, 3), (3, 1, 2, 2), padding=(1, 0), groups=3)])
+def test_groups_are_separate_convolutions_symbolically(case):
+    assert symbolic.groups_are_separate_convolutions(case).all_equal
