@@ -8,6 +8,7 @@ The public API mirrors ``torch.nn.functional`` and ``torch.nn``::
 """
 from .functional import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .modules import Conv2d, ConvTranspose2d
+from .strategies import explain  # which fast strategy each contraction of a call uses, and why
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_backward", "conv_transpose2d_backward",
            "Conv2d", "ConvTranspose2d"]

@@ -14,6 +14,13 @@ derivatives is one of the operations this module implements:
 
 All take batched 4-D tensors and a :class:`~convbook.index_map.Geometry`; none loops over
 batch, channels or positions (only over kernel taps); none calls a native convolution.
+
+Each contraction exists twice. ``correlate_plain``, ``correlate_transpose_plain`` and
+``correlate_weight_plain`` are the *plain vectorised* versions: windows as a strided view and
+one ``einsum`` -- the equations as code, chapters 2-4. ``correlate``, ``correlate_transpose``
+and ``correlate_weight`` (what autograd calls) compute the same sums with the fastest of the
+strategies in :mod:`convbook.strategies`, chosen from the shapes (chapter 7);
+``convbook.explain`` says which and why.
 """
 from __future__ import annotations
 
@@ -54,7 +61,7 @@ def by_group(t: torch.Tensor, dim: int, groups: int) -> torch.Tensor:
     return t.unflatten(dim, (groups, t.shape[dim] // groups))
 
 
-def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_plain(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Conv2d forward without bias, eq. (2.1):
 
         y[n,g,o,i,j] = Σ_{c,u,v} w[g,o,c,u,v] · x[n,g,c, s·i + d·u − p, s·j + d·v − p].
@@ -67,8 +74,8 @@ def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torc
     return y.flatten(1, 2)
 
 
-def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """The adjoint of :func:`correlate` (ConvTranspose2d forward; Conv2d's input gradient), eq. (3.4):
+def correlate_transpose_plain(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The adjoint of :func:`correlate_plain` (ConvTranspose2d forward; Conv2d's input gradient), eq. (3.4):
 
         x[n,g,c,h,w] = Σ_{o,i,j,u,v : s·i + d·u − p = h, s·j + d·v − p = w} w[g,o,c,u,v] · y[n,g,o,i,j].
 
@@ -91,15 +98,33 @@ def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     return image[:, :, top: top + height, left: left + width].contiguous()
 
 
-def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_weight_plain(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """The weight gradient of both convolutions, eq. (3.3):
 
         w[g,o,c,u,v] = Σ_{n,i,j} y[n,g,o,i,j] · x[n,g,c, s·i + d·u − p, s·j + d·v − p],
 
     a correlation of the input with the output-side tensor: the same windows as
-    :func:`correlate`, contracted over batch and positions instead of channels and taps.
+    :func:`correlate_plain`, contracted over batch and positions instead of channels and taps.
     """
     g = geometry.groups
     patches = by_group(windows(pad_to_extent(x, geometry), geometry), 1, g)
     weight = torch.einsum("ngcijuv,ngoij->gocuv", patches, by_group(y, 1, g))
     return weight.flatten(0, 1)
+
+
+def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Conv2d forward without bias (eq. 2.1) by the strategy :func:`convbook.strategies.choose` picks."""
+    from . import strategies
+    return strategies.run("correlate", x, weight, geometry)
+
+
+def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The adjoint (eqs. 3.4, 4.1) by the strategy :func:`convbook.strategies.choose` picks."""
+    from . import strategies
+    return strategies.run("correlate_transpose", y, weight, geometry)
+
+
+def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """The weight gradient (eq. 3.3) by the strategy :func:`convbook.strategies.choose` picks."""
+    from . import strategies
+    return strategies.run("correlate_weight", x, y, geometry)

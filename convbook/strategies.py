@@ -1,0 +1,499 @@
+"""Fast, exact strategies for the three contractions, and the dispatcher that picks one (book chapter 7).
+
+Every strategy computes exactly the same sums as the plain versions of :mod:`convbook.kernels`
+(eqs. 2.1, 3.3, 3.4) -- only the order of memory traffic and the shape of the matrix products
+change. Notation: x (N, C, H, W) the large side, y (N, O, H_out, W_out) the small side, w
+(O, C/g, k_h, k_w), g groups, s stride, d dilation, p padding before; per group C_g = C/g and
+O_g = O/g; K = C_g·k_h·k_w; L = H_out·W_out.
+
+Strategies (``name: equation``):
+
+* ``im2col`` -- copy the windows into a column matrix, then one matrix product per group:
+  ``Y[n,g] = W[g] · X_col[n,g]``,  ``X_col[n,g][(c,u,v),(i,j)] = x[n,g,c, s·i+d·u−p, s·j+d·v−p]``.
+* ``im2col_folded`` -- the same with the batch folded into the columns (``Y[g] = W[g] · X_col[g]``
+  with columns (n,i,j)): one large product instead of N small ones when L is small.
+* ``shifted`` -- no column matrix: the padded input, split into s² phase planes and flattened,
+  is multiplied once per tap at a constant offset:
+  ``Y[g] += W[g,:,:,u,v] · P_{du mod s}[g][:, off(u,v) + ·]`` with ``off = ⌊du/s⌋·R + ⌊dv/s⌋``.
+* ``depthwise`` -- one input channel per group: a multiply-accumulate over the k_h·k_w shifted
+  views, ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``.
+* ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
+  rows ``s·i + d·u − p`` of the image (only the rows that land inside it).
+* ``phase`` (adjoint) -- the sub-pixel decomposition: output rows ``h + p ≡ r (mod s)`` receive
+  only the taps with ``d·u ≡ r``, and from them ``x_r[m] = Σ_u W_uᵀ · y[m − ⌊du/s⌋]``: s² stride-1
+  problems, each done by shifted products with no zeros inserted.
+* ``plain`` -- the plain vectorised version of :mod:`convbook.kernels` (einsum).
+
+:func:`choose` picks one from the shapes and says why; :func:`explain` does so for a public call;
+``with forced("shifted"):`` overrides the choice on this thread.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from functools import partial
+
+import torch
+
+from . import kernels, workspace
+from .index_map import Geometry
+
+CONTRACTIONS = ("correlate", "correlate_transpose", "correlate_weight")
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: sizes, clipped tap ranges, padded and phase-split copies
+# --------------------------------------------------------------------------------------------
+
+def _split(geometry: Geometry, weight: torch.Tensor) -> tuple[int, int, int]:
+    """(g, O_g, C_g) from the weight (O, C_g, k_h, k_w)."""
+    g = geometry.groups
+    return g, weight.shape[0] // g, weight.shape[1]
+
+
+def _taps_by_group(weight: torch.Tensor, g: int, transpose: bool) -> torch.Tensor:
+    """The weight as one (g, O_g, C_g) matrix per tap -- shape (k_h, k_w, g, O_g, C_g) -- or its
+    transpose (k_h, k_w, g, C_g, O_g); contiguous, so each tap is a dense matrix."""
+    o, cg, kh, kw = weight.shape
+    taps = weight.reshape(g, o // g, cg, kh, kw).permute(3, 4, 0, 1, 2)
+    return (taps.transpose(-1, -2) if transpose else taps).contiguous()
+
+
+def _inside(size: int, count: int, step: int, start: int) -> tuple[int, int]:
+    """The range [lo, hi) of m in [0, count) whose position ``step·m + start`` lies in [0, size)."""
+    lo = max(0, -(start // step))
+    hi = min(count, (size - 1 - start) // step + 1)
+    return lo, max(lo, hi)
+
+
+def _strided(lo: int, hi: int, step: int, start: int) -> slice:
+    """Positions ``step·m + start`` for m in [lo, hi) as a slice (hi > lo)."""
+    first = step * lo + start
+    return slice(first, first + step * (hi - lo - 1) + 1, step)
+
+
+def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
+    """The padded input split into stride phases, channel-major and flattened:
+
+        planes[a][b][c, n·R·Q + r·Q + q] = x_pad[n, c, s_h·r + a, s_w·q + b],   x_pad[.., t, ..] = x[.., t − p, ..]
+
+    for the phases a = d·u mod s_h (b likewise) that some tap reads, with R = H_out + max ⌊d·u/s_h⌋
+    rows and Q = W_out + max ⌊d·v/s_w⌋ columns, so tap (u, v) of output (n, i, j) is element
+    ``n·R·Q + i·Q + j + off(u, v)`` of its plane, ``off = ⌊d·u/s_h⌋·Q + ⌊d·v/s_w⌋`` (eq. 1.1 with the
+    stride absorbed into the phase). Returns (planes indexed by phase, R, Q); zeros where the
+    index map falls outside x.
+    """
+    n, c, height, width = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    (top, left), (rows_out, cols_out) = geometry.padding, geometry.output_size
+    row_phases = sorted({dh * u % sh for u in range(kh)})
+    col_phases = sorted({dw * v % sw for v in range(kw)})
+    rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
+    planes = workspace.buffer(name, (len(row_phases), len(col_phases), c, n, rows, cols), x.dtype, x.device)
+    x_cm = x.transpose(0, 1)
+    for ia, a in enumerate(row_phases):
+        r0, r1 = _inside(height, rows, sh, a - top)
+        for ib, b in enumerate(col_phases):
+            q0, q1 = _inside(width, cols, sw, b - left)
+            plane = planes[ia, ib]
+            if r1 == r0 or q1 == q0:
+                plane.zero_()
+                continue
+            plane[:, :, :r0].zero_()
+            plane[:, :, r1:].zero_()
+            plane[:, :, r0:r1, :q0].zero_()
+            plane[:, :, r0:r1, q1:].zero_()
+            plane[:, :, r0:r1, q0:q1].copy_(x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)])
+    phase_of = {(a, b): planes[ia, ib].reshape(c, -1) for ia, a in enumerate(row_phases)
+                for ib, b in enumerate(col_phases)}
+    return phase_of, rows, cols
+
+
+def _padded(x: torch.Tensor, geometry: Geometry, name: str) -> torch.Tensor:
+    """x padded (or cropped) to the extent its windows read, in a reused buffer (NCHW)."""
+    (top, left), (rows, cols) = geometry.padding, geometry.extent()
+    n, c, height, width = x.shape
+    if (top, left) == (0, 0) and (rows, cols) == (height, width):
+        return x
+    padded = workspace.buffer(name, (n, c, rows, cols), x.dtype, x.device)
+    r0, r1 = _inside(height, rows, 1, -top)
+    q0, q1 = _inside(width, cols, 1, -left)
+    padded[:, :, :r0].zero_()
+    padded[:, :, r1:].zero_()
+    padded[:, :, r0:r1, :q0].zero_()
+    padded[:, :, r0:r1, q1:].zero_()
+    if r1 > r0 and q1 > q0:
+        padded[:, :, r0:r1, q0:q1].copy_(x[:, :, r0 - top: r1 - top, q0 - left: q1 - left])
+    return padded
+
+
+def _batch_chunk(per_image: int, *sizes: int) -> int:
+    """How many images fit a column buffer no larger than the largest of ``sizes`` (elements) --
+    the bound that keeps extra memory within a small multiple of the operands'."""
+    return max(1, max(sizes) // max(1, per_image))
+
+
+def _multiply(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
+    """out (=|+=) a @ b for (g, m, k) @ (g, k, n) in place; ``addmm_`` when g = 1."""
+    beta = 1 if accumulate else 0
+    if out.shape[0] == 1:
+        out[0].addmm_(a[0], b[0], beta=beta)
+    else:
+        out.baddbmm_(a, b, beta=beta)
+
+
+# --------------------------------------------------------------------------------------------
+# correlate: Conv2d forward (eq. 2.1)
+# --------------------------------------------------------------------------------------------
+
+def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tensor:
+    """im2col: ``Y[n,g] = W[g] · X_col[n,g]`` with ``X_col[(c,u,v),(i,j)] = x_pad[c, s·i + d·u, s·j + d·v]``.
+
+    The windows are a strided view (:func:`kernels.windows`); copying them into a reused buffer
+    makes them one dense (K × L) matrix, and the product runs at matrix-multiply speed. The
+    batch is processed in chunks so the buffer stays within the operands' size. With
+    ``fold_batch`` the columns of a chunk are (n, i, j) and one product serves all its images.
+    """
+    g, og, cg = _split(geometry, weight)
+    n, (kh, kw), (rows_out, cols_out) = x.shape[0], geometry.kernel_size, geometry.output_size
+    k, positions = cg * kh * kw, rows_out * cols_out
+    patches = kernels.windows(_padded(x, geometry, "padded"), geometry)       # (N, C, Ho, Wo, kh, kw)
+    w = weight.reshape(g, og, k)
+    y = x.new_empty(n, g * og, rows_out, cols_out)
+    chunk = _batch_chunk(g * k * positions, x.numel(), y.numel(), weight.numel())
+    for n0 in range(0, n, chunk):
+        part = patches[n0: n0 + chunk]
+        nb = part.shape[0]
+        if fold_batch:
+            cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rows_out, cols_out), x.dtype, x.device)
+            cols.copy_(part.permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
+            out = workspace.buffer("product", (g, og, nb * positions), x.dtype, x.device)
+            torch.bmm(w, cols.view(g, k, nb * positions), out=out)
+            y[n0: n0 + nb].copy_(out.view(g * og, nb, rows_out, cols_out).transpose(0, 1))
+        else:
+            cols = workspace.buffer("columns", (nb, g, cg, kh, kw, rows_out, cols_out), x.dtype, x.device)
+            cols.copy_(part.permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
+            torch.matmul(w, cols.view(nb, g, k, positions), out=y[n0: n0 + nb].view(nb, g, og, positions))
+    return y
+
+
+def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Shifted matrix products: ``Y[g] = Σ_{u,v} W[g,:,:,u,v] · P_{(du mod s_h, dv mod s_w)}[g][:, off(u,v) : off(u,v) + L']``.
+
+    Flattening the padded phase planes (:func:`_phase_planes`) turns every tap's window into a
+    contiguous column range at a constant offset, so no column matrix is built: k_h·k_w products
+    of (O_g × C_g) by (C_g × L') with L' ≈ N·R·Q, accumulated in place. Columns that wrap around
+    a row end are computed and dropped (a few percent of the work).
+    """
+    g, og, cg = _split(geometry, weight)
+    n, (kh, kw), (sh, sw), (dh, dw) = x.shape[0], geometry.kernel_size, geometry.stride, geometry.dilation
+    rows_out, cols_out = geometry.output_size
+    planes, rows, cols = _phase_planes(x, geometry, "planes")
+    span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    taps = _taps_by_group(weight, g, transpose=False)
+    out = workspace.buffer("product", (g, og, span), x.dtype, x.device)
+    for u in range(kh):
+        for v in range(kw):
+            offset = (dh * u // sh) * cols + dw * v // sw
+            source = planes[dh * u % sh, dw * v % sw].view(g, cg, -1)[:, :, offset: offset + span]
+            _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
+    y = out.as_strided((g * og, n, rows_out, cols_out), (span, rows * cols, cols, 1))
+    return y.transpose(0, 1).clone(memory_format=torch.contiguous_format)   # never a view of the buffer
+
+
+def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Depthwise (one input and one output channel per group): k_h·k_w multiply-accumulates,
+    ``y[n,c] = Σ_{u,v} w[c,0,u,v] · x_pad[n, c, s·i + d·u, s·j + d·v]`` -- no product has
+    anything to contract, so elementwise passes over the shifted views are the whole work."""
+    (kh, kw), c = geometry.kernel_size, x.shape[1]
+    patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
+    w = weight.reshape(1, c, kh, kw, 1, 1)
+    y = torch.mul(patches[..., 0, 0], w[:, :, 0, 0])
+    for u in range(kh):
+        for v in range(kw):
+            if (u, v) != (0, 0):
+                y.addcmul_(patches[..., u, v], w[:, :, u, v])
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# correlate_transpose: ConvTranspose2d forward and Conv2d input gradient (eqs. 3.4, 4.1)
+# --------------------------------------------------------------------------------------------
+
+def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, weights=None) -> None:
+    """col2im: ``image[:, :, s·i + d·u − p, s·j + d·v − p] += columns[:, :, u, v, i, j]`` (times
+    ``weights[:, u, v]`` when given) for the (i, j) that land inside the image -- eq. (3.4)'s
+    scatter, with no padded image to crop afterwards."""
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    (top, left), (rows_out, cols_out) = geometry.padding, geometry.output_size
+    height, width = image.shape[2:]
+    for u in range(kh):
+        i0, i1 = _inside(height, rows_out, sh, dh * u - top)
+        for v in range(kw):
+            j0, j1 = _inside(width, cols_out, sw, dw * v - left)
+            if i1 == i0 or j1 == j0:
+                continue
+            target = image[:, :, _strided(i0, i1, sh, dh * u - top), _strided(j0, j1, sw, dw * v - left)]
+            if weights is None:
+                target += columns[:, :, u, v, i0:i1, j0:j1]
+            else:
+                target.addcmul_(columns[:, :, i0:i1, j0:j1], weights[:, :, u, v])
+
+
+def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """col2im: ``X_col[n,g] = W[g]ᵀ · Y[n,g]`` (one product per chunk of images), then each tap's
+    column added into its rows of the image by strided slices (:func:`_add_taps`)."""
+    g, og, cg = _split(geometry, weight)
+    n, (kh, kw), (rows_out, cols_out) = y.shape[0], geometry.kernel_size, geometry.output_size
+    k, positions = cg * kh * kw, rows_out * cols_out
+    w_t = weight.reshape(g, og, k).transpose(1, 2)
+    image = y.new_zeros(n, g * cg, *geometry.input_size)
+    chunk = _batch_chunk(g * k * positions, y.numel(), image.numel(), weight.numel())
+    for n0 in range(0, n, chunk):
+        part = y[n0: n0 + chunk].reshape(-1, g, og, positions)
+        nb = part.shape[0]
+        cols = workspace.buffer("columns", (nb, g, k, positions), y.dtype, y.device)
+        torch.matmul(w_t, part, out=cols)
+        _add_taps(image[n0: n0 + nb], cols.view(nb, g * cg, kh, kw, rows_out, cols_out), geometry)
+    return image
+
+
+def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Sub-pixel (phase) decomposition. Row t = h + p of the padded image with ``t = s·m + a``
+    receives exactly the taps with ``d·u mod s = a``, from ``y[m − ⌊d·u/s⌋]``:
+
+        x_(a,b)[m, m'] = Σ_{u,v : du≡a, dv≡b} W[:,:,u,v]ᵀ · y[m − ⌊du/s_h⌋, m' − ⌊dv/s_w⌋].
+
+    Each phase is a stride-1 correlation of y (padded by Q = max ⌊du/s⌋ in front) done with
+    shifted products at constant offsets; the phases are interleaved into x. No zeros are
+    inserted between the entries of y, so no multiply is wasted on them.
+    """
+    g, og, cg = _split(geometry, weight)
+    n, (kh, kw), (sh, sw), (dh, dw) = y.shape[0], geometry.kernel_size, geometry.stride, geometry.dilation
+    (top, left), (height, width) = geometry.padding, geometry.input_size
+    rows_out, cols_out = geometry.output_size
+    qh, qw = dh * (kh - 1) // sh, dw * (kw - 1) // sw
+    m_rows, m_cols = -(-(height + top) // sh), -(-(width + left) // sw)
+    rows, cols = max(m_rows, rows_out) + qh, max(m_cols, cols_out) + qw
+    padded = workspace.buffer("planes", (g * og, n, rows, cols), y.dtype, y.device)
+    padded.zero_()
+    padded[:, :, qh: qh + rows_out, qw: qw + cols_out].copy_(y.transpose(0, 1))
+    flat = padded.view(g, og, -1)
+    span = n * rows * cols - qh * cols - qw
+    taps = _taps_by_group(weight, g, transpose=True)
+    image = y.new_empty(n, g * cg, height, width)
+    for a in range(sh):
+        m0, m1 = _inside(height, m_rows, sh, a - top)
+        for b in range(sw):
+            c0, c1 = _inside(width, m_cols, sw, b - left)
+            if m1 == m0 or c1 == c0:
+                continue
+            target = image[:, :, _strided(m0, m1, sh, a - top), _strided(c0, c1, sw, b - left)]
+            phase_taps = [(u, v) for u in range(kh) if dh * u % sh == a for v in range(kw) if dw * v % sw == b]
+            if not phase_taps:
+                target.zero_()
+                continue
+            out = workspace.buffer("product", (g, cg, span), y.dtype, y.device)
+            for index, (u, v) in enumerate(phase_taps):
+                offset = (qh - dh * u // sh) * cols + qw - dw * v // sw
+                _multiply(out, taps[u, v], flat[:, :, offset: offset + span], accumulate=index > 0)
+            phase = out.as_strided((g * cg, n, m1 - m0, c1 - c0), (span, rows * cols, cols, 1), m0 * cols + c0)
+            target.copy_(phase.transpose(0, 1))
+    return image
+
+
+def correlate_transpose_depthwise(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Depthwise adjoint: ``x[n,c, s·i + d·u − p, ·] += w[c,0,u,v] · y[n,c,i,j]`` tap by tap, a
+    multiply-accumulate into strided slices of the image."""
+    image = y.new_zeros(y.shape[0], y.shape[1], *geometry.input_size)
+    _add_taps(image, y, geometry, weights=weight.reshape(1, weight.shape[0], *geometry.kernel_size, 1, 1))
+    return image
+
+
+# --------------------------------------------------------------------------------------------
+# correlate_weight: the weight gradient (eq. 3.3)
+# --------------------------------------------------------------------------------------------
+
+def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """im2col: ``W[g] = Σ_chunks Y[g] · X_col[g]ᵀ`` with columns (n, i, j): one product per chunk
+    of images contracts batch and positions at once."""
+    g, (kh, kw), (rows_out, cols_out) = geometry.groups, geometry.kernel_size, geometry.output_size
+    n, o, c = x.shape[0], y.shape[1], x.shape[1]
+    og, cg = o // g, c // g
+    k, positions = cg * kh * kw, rows_out * cols_out
+    patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
+    grad = x.new_empty(g, og, k)
+    chunk = _batch_chunk(g * k * positions, x.numel(), y.numel(), grad.numel())
+    for n0 in range(0, n, chunk):
+        part = patches[n0: n0 + chunk]
+        nb = part.shape[0]
+        cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rows_out, cols_out), x.dtype, x.device)
+        cols.copy_(part.permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
+        y_cm = workspace.buffer("product", (o, nb, rows_out, cols_out), x.dtype, x.device)
+        y_cm.copy_(y[n0: n0 + nb].transpose(0, 1))
+        _multiply(grad, y_cm.view(g, og, -1), cols.view(g, k, -1).transpose(1, 2), accumulate=n0 > 0)
+    return grad.view(o, cg, kh, kw)
+
+
+def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Shifted products: ``W[g,:,:,u,v] = Y[g] · P_(du mod s_h, dv mod s_w)[g][:, off(u,v) : off(u,v) + L']ᵀ``,
+    with y laid out on the planes' grid (zeros where a flattened column wraps a row end), so
+    each tap is one product contracting batch and positions together, and no column matrix
+    is built."""
+    g, (kh, kw), (sh, sw), (dh, dw) = geometry.groups, geometry.kernel_size, geometry.stride, geometry.dilation
+    rows_out, cols_out = geometry.output_size
+    n, o, c = x.shape[0], y.shape[1], x.shape[1]
+    og, cg = o // g, c // g
+    planes, rows, cols = _phase_planes(x, geometry, "planes")
+    span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    spread = workspace.buffer("product", (o, n, rows, cols), x.dtype, x.device)
+    spread[:, :, rows_out:].zero_()
+    spread[:, :, :rows_out, cols_out:].zero_()
+    spread[:, :, :rows_out, :cols_out].copy_(y.transpose(0, 1))
+    spread = spread.view(g, og, -1)[:, :, :span]
+    grad = x.new_empty(kh, kw, g, og, cg)
+    for u in range(kh):
+        for v in range(kw):
+            offset = (dh * u // sh) * cols + dw * v // sw
+            source = planes[dh * u % sh, dw * v % sw].view(g, cg, -1)[:, :, offset: offset + span]
+            _multiply(grad[u, v], spread, source.transpose(1, 2), accumulate=False)
+    return grad.permute(2, 3, 4, 0, 1).reshape(o, cg, kh, kw)
+
+
+# --------------------------------------------------------------------------------------------
+# The registry, the dispatcher and the override
+# --------------------------------------------------------------------------------------------
+
+def _depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
+    return groups == in_channels == out_channels
+
+
+def _always(groups: int, in_channels: int, out_channels: int) -> bool:
+    return True
+
+
+STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
+    "correlate": {
+        "plain": (kernels.correlate_plain, _always),
+        "im2col": (partial(correlate_im2col, fold_batch=False), _always),
+        "im2col_folded": (partial(correlate_im2col, fold_batch=True), _always),
+        "shifted": (correlate_shifted, _always),
+        "depthwise": (correlate_depthwise, _depthwise),
+    },
+    "correlate_transpose": {
+        "plain": (kernels.correlate_transpose_plain, _always),
+        "col2im": (correlate_transpose_col2im, _always),
+        "phase": (correlate_transpose_phase, _always),
+        "depthwise": (correlate_transpose_depthwise, _depthwise),
+    },
+    "correlate_weight": {
+        "plain": (kernels.correlate_weight_plain, _always),
+        "im2col": (correlate_weight_im2col, _always),
+        "shifted": (correlate_weight_shifted, _always),
+    },
+}
+"""contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}."""
+
+
+def applies(contraction: str, name: str, groups: int, in_channels: int, out_channels: int) -> bool:
+    """Whether strategy ``name`` can compute ``contraction`` for these channel counts."""
+    return STRATEGIES[contraction][name][1](groups, in_channels, out_channels)
+
+_local = threading.local()
+
+
+@contextmanager
+def forced(name: str | None = None, **per_contraction: str):
+    """Use strategy ``name`` (for every contraction that has it) or ``correlate=...``,
+    ``correlate_transpose=...``, ``correlate_weight=...`` on this thread inside the block."""
+    unknown = set(per_contraction) - set(CONTRACTIONS)
+    if unknown:
+        raise ValueError(f"unknown contraction(s) {sorted(unknown)}; expected {CONTRACTIONS}")
+    choice = {c: name for c in CONTRACTIONS if name in STRATEGIES[c]} | per_contraction
+    if name is not None and not any(name in STRATEGIES[c] for c in CONTRACTIONS):
+        raise ValueError(f"unknown strategy {name!r}")
+    previous = getattr(_local, "forced", {})
+    _local.forced = previous | choice
+    try:
+        yield
+    finally:
+        _local.forced = previous
+
+
+def choose(contraction: str, batch: int, in_channels: int, out_channels: int, geometry: Geometry) -> tuple[str, str]:
+    """(strategy, reason) for one contraction. ``in_channels`` is x's (the large side's) channel
+    count, ``out_channels`` y's, for all three contractions."""
+    g = geometry.groups
+    (kh, kw), (sh, sw) = geometry.kernel_size, geometry.stride
+    positions = math.prod(geometry.output_size)
+    cg, og = in_channels // max(g, 1), out_channels // max(g, 1)
+    if min(batch, in_channels, out_channels, positions, *geometry.input_size) == 0:
+        return "plain", "an empty tensor: nothing to speed up (even when another strategy is forced)"
+    forced_name = getattr(_local, "forced", {}).get(contraction)
+    if forced_name is not None:
+        return forced_name, "forced by strategies.forced()"
+    if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
+        return "depthwise", "depthwise: nothing to contract over channels, elementwise multiply-accumulate per tap"
+    if contraction == "correlate":
+        if g > 1 or kh * kw >= 25:
+            return "shifted", "grouped or large kernel: k² shifted products, no k²-times-larger column matrix"
+        if positions < 256:
+            return "im2col_folded", "small image: batch folded into the columns for one large product"
+        return "im2col", "standard layer: one dense product on a copied column matrix"
+    if contraction == "correlate_transpose":
+        if g > 1 or kh * kw >= 25 or cg * kh * kw < 64:
+            return "phase", "grouped, large or thin kernel: stride² phases of shifted products, no zero insertion"
+        return "col2im", "standard layer: one product Wᵀ·y then strided tap additions"
+    if cg * kh * kw <= 64 and positions >= 4096:
+        return "im2col", "few input channels: one product with a long contraction over batch and positions"
+    return "shifted", "k² products contracting batch and positions, no column matrix"
+
+
+def run(contraction: str, first: torch.Tensor, second: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Run ``contraction`` on (first, second) with the chosen strategy. While autograd records
+    through the call (rare: the Functions of :mod:`convbook.autograd` run without it), the plain
+    differentiable version is used."""
+    if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
+        return STRATEGIES[contraction]["plain"][0](first, second, geometry)
+    if contraction == "correlate":
+        batch, in_channels, out_channels = first.shape[0], first.shape[1], second.shape[0]
+    elif contraction == "correlate_transpose":
+        batch, in_channels, out_channels = first.shape[0], second.shape[1] * geometry.groups, first.shape[1]
+    else:
+        batch, in_channels, out_channels = first.shape[0], first.shape[1], second.shape[1]
+    name, _ = choose(contraction, batch, in_channels, out_channels, geometry)
+    if not applies(contraction, name, geometry.groups, in_channels, out_channels):
+        raise ValueError(f"strategy {name!r} does not apply to this {contraction} call")
+    return STRATEGIES[contraction][name][0](first, second, geometry)
+
+
+def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+            output_padding=0) -> dict[str, tuple[str, str]]:
+    """Which strategy each contraction of a call uses, and why::
+
+        convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)
+        → {"forward": ("im2col", "..."), "grad_input": ("col2im", "..."), "grad_weight": ("shifted", "...")}
+
+    ``op`` is ``"conv2d"`` or ``"conv_transpose2d"``; arguments as in ``torch.nn.functional``.
+    Conv2d's forward is ``correlate``, its input gradient ``correlate_transpose``; the transposed
+    convolution swaps the two; both take the weight gradient from ``correlate_weight``.
+    """
+    from . import checks
+    shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
+    large = torch.empty(shape, device="meta")
+    weight = torch.empty(tuple(weight_shape), device="meta")
+    if op == "conv2d":
+        geometry = checks.conv2d_geometry(large, weight, None, stride, padding, dilation, groups)
+        in_channels, out_channels = shape[1], weight.shape[0]
+        roles = {"forward": "correlate", "grad_input": "correlate_transpose", "grad_weight": "correlate_weight"}
+    elif op == "conv_transpose2d":
+        geometry = checks.conv_transpose2d_geometry(large, weight, None, stride, padding, output_padding, groups,
+                                                    dilation)
+        in_channels, out_channels = weight.shape[1] * groups, shape[1]
+        roles = {"forward": "correlate_transpose", "grad_input": "correlate", "grad_weight": "correlate_weight"}
+    else:
+        raise ValueError(f"op must be 'conv2d' or 'conv_transpose2d', not {op!r}")
+    return {role: choose(contraction, shape[0], in_channels, out_channels, geometry)
+            for role, contraction in roles.items()}

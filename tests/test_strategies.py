@@ -1,0 +1,168 @@
+"""Chapter 7's claims: every fast strategy is exactly PyTorch's convolution, on its own, forward and
+backward; the dispatcher says what it picks; scratch buffers are bounded, per thread, never aliased."""
+import threading
+
+import pytest
+import torch
+
+import convbook
+from convbook import strategies, workspace
+from convbook.dispatch import convolution_ops, record_aten_ops
+from oracle import check_against_torch
+
+DTYPES = [torch.float64, torch.float32]
+
+# (op, input shape, weight shape, kwargs): each contraction of each runs in forward or backward.
+CASES = {
+    "conv_3x3_padded": ("conv2d", (2, 3, 7, 8), (4, 3, 3, 3), dict(padding=1)),
+    "conv_stride_2": ("conv2d", (2, 3, 9, 8), (4, 3, 3, 3), dict(stride=2, padding=1)),
+    "conv_stride_pair_dilation_pair": ("conv2d", (2, 3, 11, 10), (4, 3, 3, 2), dict(stride=(2, 3), dilation=(2, 1), padding=(2, 1))),
+    "conv_stride_larger_than_kernel": ("conv2d", (1, 2, 10, 9), (3, 2, 2, 2), dict(stride=3)),
+    "conv_1x1_stride_2": ("conv2d", (2, 5, 7, 7), (3, 5, 1, 1), dict(stride=2)),
+    "conv_groups": ("conv2d", (2, 6, 7, 7), (4, 3, 3, 3), dict(groups=2, padding=1)),
+    "conv_depthwise": ("conv2d", (2, 4, 7, 6), (4, 1, 3, 3), dict(groups=4, padding=1, stride=(1, 2))),
+    "conv_depthwise_multiplier": ("conv2d", (2, 3, 6, 6), (6, 1, 3, 3), dict(groups=3)),
+    "conv_same_even_kernel_is_asymmetric": ("conv2d", (2, 3, 6, 7), (4, 3, 4, 2), dict(padding="same", dilation=(1, 3))),
+    "conv_padding_larger_than_kernel": ("conv2d", (1, 2, 5, 5), (3, 2, 2, 2), dict(padding=3)),
+    "conv_unread_last_rows_are_cropped": ("conv2d", (2, 2, 8, 9), (3, 2, 3, 3), dict(stride=3)),
+    "conv_large_kernel": ("conv2d", (2, 3, 9, 9), (2, 3, 7, 7), dict(padding=3)),
+    "transposed_k4_s2": ("conv_transpose2d", (2, 4, 5, 6), (4, 3, 4, 4), dict(stride=2, padding=1)),
+    "transposed_output_padding": ("conv_transpose2d", (2, 4, 5, 5), (4, 2, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "transposed_groups_dilation": ("conv_transpose2d", (1, 4, 5, 4), (4, 3, 3, 2), dict(stride=(2, 1), dilation=(1, 2), groups=2)),
+    "transposed_depthwise": ("conv_transpose2d", (2, 3, 5, 5), (3, 1, 3, 3), dict(stride=2, groups=3, padding=2)),
+    "transposed_stride_3_kernel_2": ("conv_transpose2d", (1, 2, 4, 4), (2, 3, 2, 2), dict(stride=3, padding=1, output_padding=2)),
+}
+
+NAMED_STRATEGIES = [(contraction, name) for contraction, names in strategies.STRATEGIES.items() for name in names]
+
+
+def _applies(contraction, name, op, input_shape, weight_shape, kwargs):
+    groups = kwargs.get("groups", 1)
+    in_channels, out_channels = ((input_shape[1], weight_shape[0]) if op == "conv2d"
+                                 else (weight_shape[1] * groups, input_shape[1]))
+    return strategies.applies(contraction, name, groups, in_channels, out_channels)
+
+
+APPLICABLE = [(contraction, name, case) for contraction, name in NAMED_STRATEGIES for case in CASES
+              if _applies(contraction, name, *CASES[case])]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("contraction,name,case", APPLICABLE, ids=lambda v: v)
+def test_every_strategy_on_its_own_matches_pytorch_forward_and_backward(contraction, name, case, dtype):
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    with strategies.forced(**{contraction: name}):
+        check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
+
+
+LAYOUTS = {
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "non_contiguous": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+    "sliced": lambda t: torch.cat([t, t], dim=1)[:, : t.shape[1]],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("contraction,name", NAMED_STRATEGIES, ids=lambda v: v)
+def test_every_strategy_reads_any_memory_layout(contraction, name, layout):
+    op, input_shape, weight_shape, kwargs = CASES["conv_groups"] if name != "depthwise" else CASES["conv_depthwise"]
+    with strategies.forced(**{contraction: name}):
+        check_against_torch(op, input_shape, weight_shape, prepare=LAYOUTS[layout], **kwargs)
+        check_against_torch("conv_transpose2d", (2, 4, 5, 5), (4, 4 if name != "depthwise" else 1, 3, 3),
+                            prepare=LAYOUTS[layout], stride=2, padding=1, groups=1 if name != "depthwise" else 4)
+
+
+@pytest.mark.parametrize("contraction,name", NAMED_STRATEGIES, ids=lambda v: v)
+def test_an_empty_batch_works_whatever_is_forced(contraction, name):
+    with strategies.forced(**{contraction: name}):
+        check_against_torch("conv2d", (0, 4, 6, 6), (4, 1 if name == "depthwise" else 4, 3, 3),
+                            groups=4 if name == "depthwise" else 1, padding=1)
+
+
+@pytest.mark.parametrize("contraction,name", NAMED_STRATEGIES, ids=lambda v: v)
+def test_no_strategy_runs_a_native_convolution(contraction, name):
+    depthwise = name == "depthwise"
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    w = torch.randn(4, 1 if depthwise else 4, 3, 3, requires_grad=True)
+    with strategies.forced(**{contraction: name}), record_aten_ops() as ops:
+        y = convbook.conv2d(x, w, stride=2, padding=1, groups=4 if depthwise else 1)
+        z = convbook.conv_transpose2d(y, w, stride=2, padding=1, groups=4 if depthwise else 1)
+        z.square().sum().backward()
+    assert convolution_ops(ops) == []
+
+
+def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
+    for op, input_shape, weight_shape, kwargs in CASES.values():
+        explained = convbook.explain(op, input_shape, weight_shape, **kwargs)
+        assert set(explained) == {"forward", "grad_input", "grad_weight"}
+        for role, (name, reason) in explained.items():
+            contraction = strategies.CONTRACTIONS[["forward", "grad_input", "grad_weight"].index(role)
+                                                  if op == "conv2d" else ["grad_input", "forward", "grad_weight"].index(role)]
+            assert name in strategies.STRATEGIES[contraction] and reason
+
+
+def test_explain_reports_what_forced_sets_and_forced_is_undone_after_the_block():
+    shape = ((8, 64, 56, 56), (64, 64, 3, 3))
+    before = convbook.explain("conv2d", *shape, padding=1)
+    with strategies.forced("shifted"):
+        assert convbook.explain("conv2d", *shape, padding=1)["forward"][0] == "shifted"
+        assert convbook.explain("conv2d", *shape, padding=1)["grad_weight"][0] == "shifted"
+    assert convbook.explain("conv2d", *shape, padding=1) == before
+
+
+def test_the_dispatcher_picks_by_shape():
+    assert convbook.explain("conv2d", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)["forward"][0] == "depthwise"
+    assert convbook.explain("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1)["forward"][0] == "im2col_folded"
+    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 11, 11), padding=5)["forward"][0] == "shifted"
+    assert convbook.explain("conv2d", (0, 3, 5, 5), (2, 3, 3, 3))["forward"][0] == "plain"
+
+
+def test_forced_is_thread_local():
+    seen = {}
+    with strategies.forced("shifted"):
+        thread = threading.Thread(target=lambda: seen.update(
+            convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)))
+        thread.start()
+        thread.join()
+    assert seen["forward"][0] != "shifted"
+
+
+def test_forcing_an_unknown_strategy_is_an_error():
+    with pytest.raises(ValueError):
+        with strategies.forced("fft"):
+            pass
+
+
+@pytest.mark.parametrize("contraction,name", NAMED_STRATEGIES, ids=lambda v: v)
+def test_results_never_alias_a_reused_buffer_and_inputs_are_not_modified(contraction, name):
+    depthwise = name == "depthwise"
+    make = lambda seed: (torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(seed)),  # noqa: E731
+                         torch.randn(4, 1 if depthwise else 4, 3, 3, generator=torch.Generator().manual_seed(seed + 1)))
+    kwargs = dict(padding=1, groups=4 if depthwise else 1)
+    with strategies.forced(**{contraction: name}):
+        x, w = make(0)
+        x_copy, w_copy = x.clone(), w.clone()
+        first = [convbook.conv2d(x, w, **kwargs), *convbook.conv2d_backward(torch.ones(2, 4, 8, 8), x, w, **kwargs)[:2]]
+        kept = [t.clone() for t in first]
+        second_x, second_w = make(5)
+        convbook.conv2d(second_x, second_w, **kwargs)
+        convbook.conv2d_backward(torch.ones(2, 4, 8, 8), second_x, second_w, **kwargs)
+    for before, after in zip(kept, first):
+        assert torch.equal(before, after)
+    assert torch.equal(x, x_copy) and torch.equal(w, w_copy)
+
+
+def test_buffers_are_per_thread_and_bounded():
+    workspace.clear()
+    mine = workspace.buffer("test", (1000,), torch.float32, "cpu")
+    theirs = {}
+    thread = threading.Thread(target=lambda: theirs.update(t=workspace.buffer("test", (1000,), torch.float32, "cpu")))
+    thread.start()
+    thread.join()
+    assert mine.data_ptr() != theirs["t"].data_ptr()
+    assert workspace.buffer("test", (10,), torch.float32, "cpu").data_ptr() == mine.data_ptr()
+    held = workspace.held_bytes()
+    workspace.buffer("huge", (workspace.SLOT_LIMIT_BYTES // 4 + 1,), torch.float32, "cpu")
+    assert workspace.held_bytes() == held
+    workspace.clear()
+    assert workspace.held_bytes() == 0
