@@ -246,34 +246,40 @@ def linear_map_matrix(outputs, inputs) -> sympy.Matrix:
     return sympy.Matrix(entries(outputs)).jacobian(entries(inputs))
 
 
-def conv_transpose_matrix_is_transpose(case: Case) -> Equality:
-    """Build M, the matrix of x ↦ conv2d(x, w) (x of the transposed output's shape), and T, the
-    matrix of y ↦ conv_transpose2d(y, w), from the loop references applied to symbols; claim T = Mᵀ."""
+def conv_and_transpose_matrices(case: Case) -> tuple[sympy.Matrix, sympy.Matrix]:
+    """(M, T): M the matrix of x ↦ conv2d(x, w) for x of the transposed output's shape, T the matrix
+    of y ↦ conv_transpose2d(y, w), both read off the loop references applied to symbols, with the
+    same symbolic weight w. conv2d keeps its first H_in × W_in outputs: all of them when the output
+    padding is below the stride (eq. 4.3), fewer when a dilation allows a ≥ s."""
     w = symbols("w", case.weight_shape)
     y, x = symbols("y", case.input_shape), symbols("x", case.transpose_output_shape())
-    image = reference.conv2d(x, w, None, **case.geometry())
-    if tuple(image.shape) != tuple(y.shape):
-        return Equality("matrix of conv_transpose2d = Mᵀ", case.describe("y"), 0, False)
-    conv = linear_map_matrix(image, x)
-    transposed = linear_map_matrix(
-        reference.conv_transpose2d(y, w, None, case.stride, case.padding, case.output_padding, case.groups,
-                                   case.dilation), y)
+    rows, cols = case.input_shape[2:]
+    image = reference.conv2d(x, w, None, **case.geometry())[:, :, :rows, :cols]
+    transposed = reference.conv_transpose2d(y, w, None, case.stride, case.padding, case.output_padding,
+                                            case.groups, case.dilation)
+    return linear_map_matrix(image, x), linear_map_matrix(transposed, y)
+
+
+def conv_transpose_matrix_is_transpose(case: Case) -> Equality:
+    """The matrix T of conv_transpose2d is exactly Mᵀ, M the matrix of conv2d (:func:`conv_and_transpose_matrices`)."""
+    conv, transposed = conv_and_transpose_matrices(case)
+    equal = conv.shape == transposed.T.shape and transposed == conv.T
     return Equality(f"matrix of conv_transpose2d = Mᵀ ({conv.rows}×{conv.cols} M)", case.describe("y"),
-                    conv.rows * conv.cols, transposed == conv.T)
+                    conv.rows * conv.cols, equal)
 
 
 def conv_transpose2d_gradients(case: Case) -> list[Equality]:
     """Eq. (4.5) against sympy's derivative of L = Σ G ⊙ conv_transpose2d(y, w, b): the input
-    gradient is ``conv2d(G, w)``, the weight gradient the correlation of G with y, the bias
-    gradient Σ G."""
+    gradient is ``conv2d(G, w)`` (its first H_in × W_in outputs, see :func:`conv_and_transpose_matrices`),
+    the weight gradient the correlation of G with y, the bias gradient Σ G."""
     y, w = symbols("y", case.input_shape), symbols("w", case.weight_shape)
     b, grad_output = symbols("b", (case.weight_shape[1] * case.groups,)), symbols("G", case.transpose_output_shape())
     geometry, label = case.geometry(), case.describe("y")
     loss = pairing(grad_output, reference.conv_transpose2d(y, w, b, case.stride, case.padding, case.output_padding,
                                                            case.groups, case.dilation))
     return [
-        equality("∂L/∂y = conv2d(G, w)  (4.5a)", label, reference.conv2d(grad_output, w, None, **geometry),
-                 gradient(loss, y)),
+        equality("∂L/∂y = conv2d(G, w)  (4.5a)", label,
+                 reference.conv2d(grad_output, w, None, **geometry)[:, :, :y.shape[2], :y.shape[3]], gradient(loss, y)),
         equality("∂L/∂w = correlation of G with y  (4.5b)", label,
                  reference.conv2d_grad_weight(y, grad_output, case.weight_shape, **geometry), gradient(loss, w)),
         equality("∂L/∂b = Σ G over n, h, w  (4.5c)", label, reference.conv2d_grad_bias(grad_output), gradient(loss, b)),

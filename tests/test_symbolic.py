@@ -83,3 +83,8 @@ def test_exact_comparison_detects_an_unflipped_kernel():
     derived = reference.conv2d(symbolic.zero_insert(grad_output, case.stride), channel_swap_only, None, (1, 1),
                                before, case.dilation, padding_after=after)
     assert not symbolic.equality("kernel not flipped", case.describe(), derived, truth).all_equal
+
+
+def test_sympy_conv_transpose_with_output_padding_beyond_the_stride_is_the_adjoint_of_a_cropped_conv():
+    case = Case((1, 2, 3, 3), (2, 2, 2, 2), padding=(1, 1), dilation=(2, 2), output_padding=(1, 1))
+    assert_all_equal([symbolic.conv_transpose_matrix_is_transpose(case)] + symbolic.conv_transpose2d_gradients(case))
