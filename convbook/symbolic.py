@@ -300,14 +300,18 @@ SIZE_GRID = dict(size=range(1, 9), kernel_size=range(1, 5), stride=range(1, 4),
 """Chapter 1's tiny configurations; a padding is one number for both sides or a pair (before, after)."""
 
 
+def before_after(padding: int | Pair) -> Pair:
+    """A padding as (before, after): one number pads both sides alike."""
+    return (padding, padding) if isinstance(padding, int) else tuple(padding)
+
+
 def size_cases(grid: dict = SIZE_GRID) -> list[tuple]:
     """Every (H, k, s, padding, d) of ``grid`` whose dilated kernel (1.2) fits in the padded input:
     the configurations PyTorch accepts (it raises for the others)."""
     cases = []
     for size, k, s, padding, d in product(*(grid[name] for name in ("size", "kernel_size", "stride", "padding",
                                                                      "dilation"))):
-        before, after = (padding, padding) if isinstance(padding, int) else padding
-        if size + before + after >= effective_kernel_size(k, d):
+        if size + sum(before_after(padding)) >= effective_kernel_size(k, d):
             cases.append((size, k, s, padding, d))
     return cases
 
@@ -316,7 +320,7 @@ def valid_window_count(size: int, kernel_size: int, stride: int = 1, padding: in
                        dilation: int = 1) -> int:
     """The number of output positions i = 0, 1, … whose whole window -- every tap's position by the
     index map (1.1) -- lies in the padded input [−p_before, H + p_after), counted one by one."""
-    before, after = (padding, padding) if isinstance(padding, int) else padding
+    before, after = before_after(padding)
     candidates = range(size + before + after + 1)  # from i = H + p_b + p_a on, even tap 0 is past the end
     return sum(all(-before <= h < size + after for h in window(i, kernel_size, stride, before, dilation))
                for i in candidates)
@@ -353,9 +357,10 @@ def output_size_by_solving(grid: dict = SIZE_GRID) -> list[Equality]:
     size, k, s, d, before, after = (names[n] for n in ("H", "k", "s", "d", "p_b", "p_a"))
     formula = (size + before + after - (d * (k - 1) + 1)) / s
     cases = size_cases(grid)
-    values = [count.subs({size: h, k: kk, s: ss, d: dd, before: pb, after: pa})
-              for h, kk, ss, padding, dd in cases
-              for pb, pa in [(padding, padding) if isinstance(padding, int) else padding]]
+    values = []
+    for h, kk, ss, padding, dd in cases:
+        pb, pa = before_after(padding)
+        values.append(count.subs({size: h, k: kk, s: ss, d: dd, before: pb, after: pa}))
     return [Equality("solve(s·i + d(k−1) − p_b ≤ H + p_a − 1) gives i ≤ (H + p_b + p_a − d(k−1) − 1)/s",
                      "symbolic H, k, s, p_b, p_a, d", 1, sympy.simplify(solution.rhs - formula) == 0),
             Equality("⌊bound⌋ + 1 (sympy.floor) = conv_output_size  (1.3)", f"{len(cases)} configurations",
