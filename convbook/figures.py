@@ -309,8 +309,8 @@ def output_padding_figure(sizes=(5, 6), kernel_size: int = 3, stride: int = 2, p
     """Why ``output_padding`` exists: a strided convolution maps several input sizes to the same
     output size (eq. 1.3). One row per input size H, in one dimension: the (padded) input and,
     under it, a bracket for every output's window (:func:`~convbook.index_map.window`); cells no
-    window reaches are hatched. The transposed convolution of that output size can only return
-    one of them, and ``output_padding`` a says which (eq. 4.2)."""
+    window reaches are hatched, taps that land in the padding hollow. The transposed convolution
+    of that output size can only return one of them, and ``output_padding`` a says which (eq. 4.2)."""
     import matplotlib.pyplot as plt
 
     from .index_map import conv_transpose_output_size
@@ -342,7 +342,7 @@ def output_padding_figure(sizes=(5, 6), kernel_size: int = 3, stride: int = 2, p
     ax.set_ylim(top + 1.4 + 0.7 * len(windows_), -0.5)
     ax.set_aspect("equal")
     ax.axis("off")
-    ax.set_title(f"k={kernel_size}, s={stride}, p={padding}, d={dilation}: different H, same H_out "
-                 "(hatched: read by no window)", fontsize=9)
+    ax.set_title(f"k={kernel_size}, s={stride}, p={padding}, d={dilation}: different H, same H_out\n"
+                 "(hollow dot: tap on padding; hatched: pixel read by no window)", fontsize=9)
     fig.tight_layout()
     return fig
