@@ -11,7 +11,16 @@ import torch
 
 from .index_map import Geometry, Pair, conv_output_size, conv_transpose_output_size, same_padding
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COMPLEX_DTYPES = (torch.complex32, torch.complex64, torch.complex128)
+SUPPORTED_DTYPES = {
+    "conv2d": (*FLOATING_DTYPES, *COMPLEX_DTYPES, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64),
+    "conv_transpose2d": (*FLOATING_DTYPES, *COMPLEX_DTYPES, torch.int64),
+}
+"""The dtypes PyTorch (2.x, CPU) convolves, per op; gradients exist for the floating and complex ones."""
+
+NATIVE_KERNEL = {"conv2d": "slow_conv2d_cpu", "conv_transpose2d": "slow_conv_transpose2d_out_cpu"}
+"""The kernel PyTorch names when it refuses a dtype."""
 
 
 def check(condition: bool, message: str, error: type[Exception] = RuntimeError) -> None:
@@ -36,29 +45,61 @@ def _shape(tensor: torch.Tensor) -> list[int]:
 
 
 def check_tensors(op: str, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """Rank, dtype and dtype agreement of the operands."""
+    """Rank, dtype and dtype agreement of the operands, in PyTorch's order and words: an input
+    dtype PyTorch cannot convolve first, then a weight, then a bias of another dtype."""
     check(input.dim() in (3, 4), f"Expected 3D (unbatched) or 4D (batched) input to {op}, "
                                  f"but got input of size: {_shape(input)}")
-    check(input.dtype == weight.dtype,
-          f"expected scalar type {_scalar_name(input.dtype)} but found {_scalar_name(weight.dtype)}")
+    check(input.dtype in SUPPORTED_DTYPES[op],
+          f'"{NATIVE_KERNEL[op]}" not implemented for \'{_scalar_name(input.dtype)}\'', NotImplementedError)
+    check(input.dtype == weight.dtype, _mismatch_message(input, weight, "weight"))
     if bias is not None:
-        check(bias.dtype == input.dtype, f"Input type ({_type_name(input.dtype)}) and bias type "
-                                         f"({_type_name(bias.dtype)}) should be the same")
-    check(input.dtype in SUPPORTED_DTYPES,
-          f'convbook: "{op}" not implemented for {input.dtype} yet (float32 and float64 are)',
-          NotImplementedError)
+        check(bias.dtype == input.dtype,
+              _mismatch_message(input, bias, "bias") if op == "conv_transpose2d" and _uses_type_names(input)
+              else f"Input type ({_type_name(input.dtype)}) and bias type ({_type_name(bias.dtype)}) "
+                   f"should be the same")
+
+
+def _uses_type_names(input: torch.Tensor) -> bool:
+    """PyTorch's half-precision and complex paths compare dtypes by legacy type name."""
+    return input.dtype in (torch.float16, torch.bfloat16) or input.dtype.is_complex
+
+
+def _mismatch_message(input: torch.Tensor, other: torch.Tensor, name: str) -> str:
+    """PyTorch's words for ``other`` (weight or bias) of another dtype than ``input``."""
+    if not _uses_type_names(input):
+        return f"expected scalar type {_scalar_name(input.dtype)} but found {_scalar_name(other.dtype)}"
+    message = f"Input type ({_legacy_type_name(input)}) and {name} type ({_legacy_type_name(other)}) should be the same"
+    if input.dtype.is_complex:
+        return message
+    return message + f" or input should be a MKLDNN tensor and {name} is a dense tensor"
+
+
+_SCALAR_NAMES = {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+                 torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+                 torch.uint8: "Byte", torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+                 torch.bool: "Bool", torch.complex32: "ComplexHalf",
+                 torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}
 
 
 def _scalar_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-            torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.bool: "Bool",
-            torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble"}.get(dtype, str(dtype))
+    return _SCALAR_NAMES.get(dtype, str(dtype).removeprefix("torch.").capitalize())
+
+
+def _legacy_type_name(tensor: torch.Tensor) -> str:
+    """``torch.HalfTensor`` for the dtypes that have a legacy tensor type, ``CPUBFloat16Type`` otherwise."""
+    name = _scalar_name(tensor.dtype)
+    if tensor.dtype in (torch.float16, torch.float32, torch.float64, torch.int64, torch.int32, torch.int16,
+                        torch.int8, torch.uint8):
+        return f"torch.{'' if tensor.device.type == 'cpu' else tensor.device.type + '.'}{name}Tensor"
+    return f"{tensor.device.type.upper()}{name}Type"
 
 
 def _type_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
-            torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int",
-            torch.bool: "bool"}.get(dtype, str(dtype))
+            torch.bfloat16: "c10::BFloat16", torch.int64: "long int", torch.int32: "int", torch.int16: "short int",
+            torch.int8: "signed char", torch.uint8: "unsigned char", torch.bool: "bool",
+            torch.complex32: "c10::complex<c10::Half>", torch.complex64: "c10::complex<float>",
+            torch.complex128: "c10::complex<double>"}.get(dtype, str(dtype))
 
 
 def check_hyperparameters(stride: Pair, padding: Pair, dilation: Pair, groups: int,

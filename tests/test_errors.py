@@ -88,13 +88,33 @@ def test_dilation_zero_is_refused_with_one_clear_message(dtype):
             theirs(a, weight, groups=2, dilation=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64, torch.complex64])
-def test_dtypes_beyond_float32_and_float64_are_refused_clearly_for_now(dtype):
-    a, b = torch.ones(1, 1, 3, 3, dtype=dtype), torch.ones(1, 1, 2, 2, dtype=dtype)
-    with pytest.raises(NotImplementedError, match="not implemented for"):
-        convbook.conv2d(a, b)
-    with pytest.raises(NotImplementedError, match="not implemented for"):
-        convbook.conv_transpose2d(a, b)
+MIXED_DTYPES = {
+    "bool_input": (torch.bool, torch.bool, None),
+    "bool_input_float_weight": (torch.bool, torch.float32, None),
+    "float_input_bool_weight": (torch.float32, torch.bool, None),
+    "half_input_float_weight": (torch.float16, torch.float32, None),
+    "bfloat16_input_half_weight": (torch.bfloat16, torch.float16, None),
+    "complex_input_real_weight": (torch.complex64, torch.float32, None),
+    "complex128_input_complex64_weight": (torch.complex128, torch.complex64, None),
+    "long_input_float_weight": (torch.int64, torch.float32, None),
+    "half_input_float_bias": (torch.float16, torch.float16, torch.float32),
+    "complex_input_real_bias": (torch.complex64, torch.complex64, torch.float32),
+    "int8_input": (torch.int8, torch.int8, None),
+    "uint16_input": (torch.uint16, torch.uint16, None),
+}
+
+
+@pytest.mark.parametrize("case", MIXED_DTYPES, ids=str)
+@pytest.mark.parametrize("op", ["conv2d", "conv_transpose2d"])
+def test_bool_and_mixed_dtypes_are_refused_with_pytorchs_exception_and_message(op, case):
+    input_dtype, weight_dtype, bias_dtype = MIXED_DTYPES[case]
+    a, b = torch.ones(1, 1, 3, 3).to(input_dtype), torch.ones(1, 1, 2, 2).to(weight_dtype)
+    bias = None if bias_dtype is None else torch.ones(1, dtype=bias_dtype)
+    ours, theirs = getattr(convbook, op), getattr(F, op)
+    if case == "int8_input" and op == "conv2d":   # PyTorch convolves int8 (and so does convbook)
+        assert torch.equal(ours(a, b, bias), theirs(a, b, bias))
+        return
+    assert raised(ours, a, b, bias) == raised(theirs, a, b, bias)
 
 
 def test_bool_is_refused_like_pytorch_refuses_it():
