@@ -134,11 +134,21 @@ def pairing(a, b) -> sympy.Expr:
 
 # --- Chapter 3: the gradients of Conv2d --------------------------------------------------------
 
+def conv2d_symbols(case: Case):
+    """Symbolic x, w and G = ∂L/∂y (shaped like conv2d's output) for ``case``."""
+    return (symbols("x", case.input_shape), symbols("w", case.weight_shape),
+            symbols("G", case.conv_output_shape()))
+
+
+def conv2d_derivative(case: Case, x, w, grad_output, variables) -> sympy.MutableDenseNDimArray:
+    """The truth: sympy's derivative of L = Σ G ⊙ conv2d(x, w) (bias-free) with respect to ``variables``."""
+    return gradient(pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), variables)
+
+
 def conv2d_gradients(case: Case) -> list[Equality]:
     """Eqs. (3.2)-(3.4) against sympy's derivative of the trilinear form (3.1):
     L = B(x, w, G) + Σ G·b = Σ G ⊙ conv2d(x, w, b), with x, w, b, G all symbols."""
-    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
-    b, grad_output = symbols("b", case.weight_shape[:1]), symbols("G", case.conv_output_shape())
+    (x, w, grad_output), b = conv2d_symbols(case), symbols("b", case.weight_shape[:1])
     geometry, label = case.geometry(), case.describe()
     loss = pairing(grad_output, reference.conv2d(x, w, b, **geometry))
     return [
@@ -163,12 +173,11 @@ def grad_input_output_padding(case: Case) -> Pair:
 def grad_input_is_transposed_convolution(case: Case) -> list[Equality]:
     """∂L/∂x (sympy's derivative, and the gather (3.4)) equals ``conv_transpose2d(G, w)`` with the
     same stride, padding, dilation and groups -- the transposed convolution of chapter 4."""
-    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
-    grad_output = symbols("G", case.conv_output_shape())
+    x, w, grad_output = conv2d_symbols(case)
     geometry, label = case.geometry(), case.describe()
     transposed = reference.conv_transpose2d(grad_output, w, None, case.stride, case.padding,
                                             grad_input_output_padding(case), case.groups, case.dilation)
-    truth = gradient(pairing(grad_output, reference.conv2d(x, w, None, **geometry)), x)
+    truth = conv2d_derivative(case, x, w, grad_output, x)
     gather = reference.conv2d_grad_input(grad_output, w, case.input_shape, **geometry)
     return [equality("conv_transpose2d(G, w) = ∂L/∂x (sympy.diff)", label, transposed, truth),
             equality("conv_transpose2d(G, w) = gather (3.4)", label, transposed, gather)]
@@ -207,12 +216,11 @@ def flipped_padding(case: Case) -> tuple[Pair, Pair]:
 def grad_input_is_flipped_kernel_convolution(case: Case) -> Equality:
     """∂L/∂x (sympy's derivative) = conv2d(Ĝ, w', stride 1, padding d(k − 1) − p, dilation d,
     groups): zero-inserted G (:func:`zero_insert`), flipped kernel (:func:`flipped_weight`)."""
-    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
-    grad_output = symbols("G", case.conv_output_shape())
+    x, w, grad_output = conv2d_symbols(case)
     before, after = flipped_padding(case)
     derived = reference.conv2d(zero_insert(grad_output, case.stride), flipped_weight(w, case.groups), None,
                                (1, 1), before, case.dilation, case.groups, padding_after=after)
-    truth = gradient(pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), x)
+    truth = conv2d_derivative(case, x, w, grad_output, x)
     return equality("conv2d(zero-inserted G, flipped w) = ∂L/∂x (sympy.diff)", case.describe(), derived, truth)
 
 
@@ -220,8 +228,7 @@ def grad_weight_is_convolution_with_stride_and_dilation_swapped(case: Case) -> E
     """∂L/∂w (sympy's derivative) = conv2d(x', G', stride d, padding p, dilation s, groups), cropped
     to k × k, where x' and G' exchange batch and channel axes: in ∂L/∂w[u] = Σ_i G[i]·x[s·i + d·u − p]
     the tap u moves by d and the kernel index i by s, so stride and dilation change places."""
-    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
-    grad_output = symbols("G", case.conv_output_shape())
+    x, w, grad_output = conv2d_symbols(case)
     n_batch, channels = case.input_shape[:2]
     out_channels, group_channels, kh, kw = case.weight_shape
     groups, per_group = case.groups, out_channels // case.groups
@@ -235,7 +242,7 @@ def grad_weight_is_convolution_with_stride_and_dilation_swapped(case: Case) -> E
     derived = sympy.MutableDenseNDimArray.zeros(*case.weight_shape)
     for o, c, u, v in product(range(out_channels), range(group_channels), range(kh), range(kw)):
         derived[o, c, u, v] = swapped[c, o, u, v]
-    truth = gradient(pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), w)
+    truth = conv2d_derivative(case, x, w, grad_output, w)
     return equality("conv2d(x, G, stride d, dilation s) = ∂L/∂w (sympy.diff)", case.describe(), derived, truth)
 
 

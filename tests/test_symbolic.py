@@ -62,9 +62,8 @@ def test_sympy_conv_transpose_gradients_are_a_conv2d_and_a_correlation(case):
 
 def test_exact_comparison_detects_a_wrong_stride():
     case = CONV2D_CASES["stride 2, padding 1"]
-    x, w = symbolic.symbols("x", case.input_shape), symbolic.symbols("w", case.weight_shape)
-    grad_output = symbolic.symbols("G", case.conv_output_shape())
-    truth = symbolic.gradient(symbolic.pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), x)
+    x, w, grad_output = symbolic.conv2d_symbols(case)
+    truth = symbolic.conv2d_derivative(case, x, w, grad_output, x)
     wrong = reference.conv2d_grad_input(grad_output, w, case.input_shape, (1, 1), case.padding)
     result = symbolic.equality("stride forgotten", case.describe(), wrong, truth)
     assert result.entries == truth.shape[0] * truth.shape[1] * truth.shape[2] * truth.shape[3]
@@ -73,9 +72,8 @@ def test_exact_comparison_detects_a_wrong_stride():
 
 def test_exact_comparison_detects_an_unflipped_kernel():
     case = CONV2D_CASES["stride 2, padding 1"]
-    x, w = symbolic.symbols("x", case.input_shape), symbolic.symbols("w", case.weight_shape)
-    grad_output = symbolic.symbols("G", case.conv_output_shape())
-    truth = symbolic.gradient(symbolic.pairing(grad_output, reference.conv2d(x, w, None, **case.geometry())), x)
+    x, w, grad_output = symbolic.conv2d_symbols(case)
+    truth = symbolic.conv2d_derivative(case, x, w, grad_output, x)
     channel_swap_only = symbolic.symbols("unused", (case.weight_shape[1], case.weight_shape[0], *case.weight_shape[2:]))
     for o, c, u, v in product(*(range(n) for n in case.weight_shape)):
         channel_swap_only[c, o, u, v] = w[o, c, u, v]
