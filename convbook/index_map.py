@@ -91,7 +91,7 @@ class Geometry:
                      zip(self.output_size, self.kernel_size, self.stride, self.dilation))
 
 
-def output_padding_for_size(requested: list[int] | tuple[int, ...], input_shape: tuple[int, ...],
+def output_padding_for_size(requested, input_shape: tuple[int, ...],
                             kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> list[int]:
     """The ``output_padding`` that makes a transposed convolution produce ``requested`` rows and
     columns (eq. 4.4): ``a = H_req − H_min`` with ``H_min`` from eq. (4.2) at ``a = 0``; valid
@@ -99,7 +99,6 @@ def output_padding_for_size(requested: list[int] | tuple[int, ...], input_shape:
     """
     batched = len(input_shape) == 4
     non_spatial = 2 if batched else 1
-    requested = list(requested)
     if len(requested) == non_spatial + 2:
         requested = requested[non_spatial:]
     if len(requested) != 2:

@@ -102,7 +102,7 @@ def test_output_size_works_for_unbatched_input():
         torch.testing.assert_close(mine(x, output_size=size), theirs(x, output_size=size))
 
 
-@pytest.mark.parametrize("output_size", [[13, 13], [10, 11], [8], [1, 2, 3]])
+@pytest.mark.parametrize("output_size", [[13, 13], (10, 11), [8], [1, 2, 3], torch.Size([2, 6, 9, 9])], ids=str)
 def test_output_size_out_of_range_raises_pytorchs_error(output_size):
     kwargs = dict(in_channels=4, out_channels=6, kernel_size=3, stride=2)
     mine, theirs = convbook.ConvTranspose2d(**kwargs), torch.nn.ConvTranspose2d(**kwargs)
