@@ -5,7 +5,7 @@ itself), never from coordinates typed by hand, so a figure cannot disagree with 
 The drawing style follows Dumoulin & Visin's guide: input cells blue, padding cells white and
 dashed, the window of one output position dark, the output grid green beside it.
 
-Every function returns a :class:`matplotlib.figure.Figure`; drawn cells carry a ``gid``
+Every function returns a ``matplotlib.figure.Figure``; drawn cells carry a ``gid``
 (``"input"``, ``"padding"``, ``"window"``, ``"output"``, ``"selected"``) so that tests can read
 the picture back.
 """
@@ -84,7 +84,7 @@ def window_figure(size: int, kernel_size: int, stride: int = 1, padding: int | P
 
 
 def padding_modes_figure(size: int = 4, padding: int = 2, modes=("zeros", "reflect", "replicate", "circular")):
-    """What each ``padding_mode`` of :class:`torch.nn.Conv2d` puts in the border of the image
+    """What each ``padding_mode`` of ``torch.nn.Conv2d`` puts in the border of the image
     ``1 … size²``: the padded image is computed by ``F.pad`` exactly as :class:`convbook.Conv2d`
     pads it; the original image is outlined."""
     import matplotlib.pyplot as plt

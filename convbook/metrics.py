@@ -1,6 +1,6 @@
 """Error measures for "convbook equals PyTorch" claims (book §2.6).
 
-For a result a and PyTorch's reference e (same shape):
+For a result a and PyTorch's reference e (same shape)::
 
 * MSE  = mean (a − e)²            * MAE = mean |a − e|
 * max abs = max |a − e|           * max rel = max |a − e| / max |e|   (normwise, as in Higham)
@@ -46,4 +46,4 @@ def worst(rows: list[Errors]) -> Errors:
 
 
 TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1.3e-6, atol=1e-5)}
-"""The tolerances the book states: float64 to 1e-12 at unit scale; float32 at torch.testing's defaults."""
+"""The tolerances the book states -- float64 to 1e-12 at unit scale, float32 at torch.testing's defaults."""

@@ -16,7 +16,7 @@ __all__ = ["Conv2d", "ConvTranspose2d"]
 
 
 class Conv2d(torch.nn.Conv2d):
-    """Drop-in for :class:`torch.nn.Conv2d` computed by :func:`convbook.conv2d`.
+    """Drop-in for ``torch.nn.Conv2d`` computed by :func:`convbook.conv2d`.
 
     Padding modes other than ``'zeros'`` pad the input with ``F.pad`` first (``reflect``,
     ``replicate``, ``circular``) and then convolve without padding, as PyTorch does.
@@ -30,7 +30,7 @@ class Conv2d(torch.nn.Conv2d):
 
 
 class ConvTranspose2d(torch.nn.ConvTranspose2d):
-    """Drop-in for :class:`torch.nn.ConvTranspose2d` computed by :func:`convbook.conv_transpose2d`.
+    """Drop-in for ``torch.nn.ConvTranspose2d`` computed by :func:`convbook.conv_transpose2d`.
 
     ``forward(input, output_size)`` picks ``output_padding`` by eq. (4.4), as PyTorch does.
     """

@@ -75,7 +75,7 @@ CONV2D_CASES = {
     "stride 2, padding 1": Case((1, 2, 6, 5), (2, 2, 3, 2), stride=(2, 2), padding=(1, 1)),
     "dilation 2, groups 2": Case((1, 4, 4, 4), (4, 2, 2, 2), padding=(1, 1), dilation=(2, 2), groups=2),
 }
-"""The tiny Conv2d cases of chapter 3: a strided, padded, non-square kernel whose transposed
+"""The tiny Conv2d cases of chapter 3 -- a strided, padded, non-square kernel whose transposed
 convolution needs output_padding 1; and a dilated, grouped, padded one."""
 
 CONV_TRANSPOSE2D_CASES = {
