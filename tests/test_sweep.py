@@ -13,6 +13,15 @@ COUNT = 60
 DTYPES = [torch.float64, torch.float32]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread costs more than it saves (ten times, on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
