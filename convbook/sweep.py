@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import random
 import warnings
-from dataclasses import dataclass
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .compare import FIELDS, OPS, operands
 from .index_map import conv_transpose_output_size, effective_kernel_size
@@ -32,20 +31,20 @@ MAX_SUMMED_TERMS = 3 * MAX_SIZE * MAX_SIZE
 """Longest sum a gradient may take (batch 3 of 9 × 9 outputs). The transposed convolution's output
 is larger than its input, so this bound is what keeps its sweep as small as conv2d's; past a few
 hundred unit-normal terms, two correct float32 summation orders differ by more than
-torch.testing's default ``atol`` (book §5.2 shows it with PyTorch alone)."""
+torch.testing's default ``atol`` (book chapter 5, "The reference for float32", shows it with
+PyTorch alone)."""
 
 
-def _spatial(rng: random.Random, fixed: int | None = None) -> int | tuple[int, int]:
-    """An int (same for rows and columns) or a pair, each entry ``fixed`` or 1..3."""
-    draw = (lambda: fixed) if fixed is not None else (lambda: rng.randint(1, 3))
-    return draw() if rng.random() < 0.4 else (draw(), draw())
+def _spatial(rng: random.Random) -> int | tuple[int, int]:
+    """A stride or dilation in 1..3: an int (same for rows and columns) or a pair."""
+    return rng.randint(1, 3) if rng.random() < 0.4 else (rng.randint(1, 3), rng.randint(1, 3))
 
 
 def _as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else value
 
 
-def _channels(rng: random.Random, op: str) -> tuple[int, int, int]:
+def _channels(rng: random.Random) -> tuple[int, int, int]:
     """(in_channels, out_channels, groups) with groups dividing both; one draw in five depthwise."""
     groups = rng.choice((1, 1, 2, 3))
     if rng.random() < 0.2:
@@ -58,7 +57,7 @@ def _channels(rng: random.Random, op: str) -> tuple[int, int, int]:
 
 def _draw(rng: random.Random, op: str) -> Config:
     """One configuration; it may still be one PyTorch rejects (the caller checks)."""
-    in_channels, out_channels, groups = _channels(rng, op)
+    in_channels, out_channels, groups = _channels(rng)
     kernel = (rng.randint(1, 4), rng.randint(1, 4))
     stride, dilation = _spatial(rng), _spatial(rng)
     strides, dilations = _as_pair(stride), _as_pair(dilation)
@@ -105,7 +104,7 @@ def quiet_same_padding():
 def pytorch_output_shape(op: str, config: Config) -> torch.Size | None:
     """The shape of PyTorch's own ``F.conv2d`` / ``F.conv_transpose2d`` result on ``config``, or
     None where PyTorch rejects the configuration."""
-    reference = {"conv2d": F.conv2d, "conv_transpose2d": F.conv_transpose2d}[op]
+    reference = OPS[op][1]
     input, weight, bias = operands(op, config["input_shape"], config["weight_shape"], config["bias"],
                                    groups=config["kwargs"]["groups"])
     try:
