@@ -129,10 +129,17 @@ def _padded(x: torch.Tensor, geometry: Geometry, name: str) -> torch.Tensor:
     return padded
 
 
-def _batch_chunk(per_image: int, *sizes: int) -> int:
-    """How many images fit a column buffer no larger than the largest of ``sizes`` (elements) --
-    the bound that keeps extra memory within a small multiple of the operands'."""
-    return max(1, max(sizes) // max(1, per_image))
+COLUMN_BUDGET = 4
+"""A column buffer holds at most this many times the largest operand (elements): a bound on the
+extra memory that still leaves few, large products (each product is a parallel region; fewer
+regions matter on a busy machine)."""
+
+
+def _batch_chunk(batch: int, per_image: int, *sizes: int) -> int:
+    """Images per chunk: as many as fit ``COLUMN_BUDGET × max(sizes)`` elements, spread evenly."""
+    fits = max(1, COLUMN_BUDGET * max(sizes) // max(1, per_image))
+    chunks = -(-batch // fits)
+    return -(-batch // chunks)
 
 
 def _multiply(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
@@ -162,7 +169,7 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)       # (N, C, Ho, Wo, kh, kw)
     w = weight.reshape(g, og, k)
     y = x.new_empty(n, g * og, rows_out, cols_out)
-    chunk = _batch_chunk(g * k * positions, x.numel(), y.numel(), weight.numel())
+    chunk = _batch_chunk(n, g * k * positions, x.numel(), y.numel(), weight.numel())
     for n0 in range(0, n, chunk):
         part = patches[n0: n0 + chunk]
         nb = part.shape[0]
@@ -250,7 +257,7 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
     k, positions = cg * kh * kw, rows_out * cols_out
     w_t = weight.reshape(g, og, k).transpose(1, 2)
     image = y.new_zeros(n, g * cg, *geometry.input_size)
-    chunk = _batch_chunk(g * k * positions, y.numel(), image.numel(), weight.numel())
+    chunk = _batch_chunk(n, g * k * positions, y.numel(), image.numel(), weight.numel())
     for n0 in range(0, n, chunk):
         part = y[n0: n0 + chunk].reshape(-1, g, og, positions)
         nb = part.shape[0]
@@ -260,47 +267,59 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
     return image
 
 
+def _phase_problem(geometry: Geometry, a: int, b: int, rows: tuple[int, int], cols: tuple[int, int]):
+    """Phase (a, b) of the adjoint as a stride-1 *correlation* of y: (row taps, column taps, its Geometry).
+
+    Rows t = h + p = s·m + a of the padded image receive the taps u_j with d·u_j ≡ a (mod s), which
+    are σ = s/gcd(d, s) apart; their offsets ⌊d·u_j/s⌋ = q_0 + j·δ are δ = d/gcd(d, s) apart, so
+
+        x[s·m + a − p] = Σ_j W_{u_j}ᵀ · y[m − q_0 − j·δ]                                   (phase)
+
+    is a correlation of y with the *reversed* taps u_{J−1}, …, u_0 at dilation δ, read from padding
+    q_0 + (J − 1)·δ before -- shifted by the first row m_0 that lands inside x.
+    """
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    taps, sizes, pads, dilations = [], [], [], []
+    for k, s, d, phase, (m0, m1) in ((kh, sh, dh, a, rows), (kw, sw, dw, b, cols)):
+        chosen = [u for u in range(k) if d * u % s == phase]
+        delta = d // math.gcd(d, s)
+        taps.append(chosen[::-1])
+        sizes.append(m1 - m0)
+        pads.append(d * chosen[0] // s + (len(chosen) - 1) * delta - m0 if chosen else 0)
+        dilations.append(delta)
+    sub = Geometry(kernel_size=(len(taps[0]), len(taps[1])), stride=(1, 1), padding=tuple(pads),
+                   dilation=tuple(dilations), groups=geometry.groups, input_size=geometry.output_size,
+                   output_size=tuple(sizes))
+    return taps[0], taps[1], sub
+
+
 def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Sub-pixel (phase) decomposition. Row t = h + p of the padded image with ``t = s·m + a``
-    receives exactly the taps with ``d·u mod s = a``, from ``y[m − ⌊d·u/s⌋]``:
-
-        x_(a,b)[m, m'] = Σ_{u,v : du≡a, dv≡b} W[:,:,u,v]ᵀ · y[m − ⌊du/s_h⌋, m' − ⌊dv/s_w⌋].
-
-    Each phase is a stride-1 correlation of y (padded by Q = max ⌊du/s⌋ in front) done with
-    shifted products at constant offsets; the phases are interleaved into x. No zeros are
-    inserted between the entries of y, so no multiply is wasted on them.
+    """Sub-pixel (phase) decomposition: the adjoint at stride s is s_h·s_w stride-1 *correlations*
+    of y (:func:`_phase_problem`), one per output phase, each computed by the forward dispatcher
+    (im2col, shifted, ...) and written to the rows ``s·m + a − p`` of x. No zeros are inserted
+    between the entries of y, so no multiply is wasted; at stride 1 there is one phase, and the
+    adjoint is the correlation of the padded y with the flipped, transposed kernel.
     """
     g, og, cg = _split(geometry, weight)
-    n, (kh, kw), (sh, sw), (dh, dw) = y.shape[0], geometry.kernel_size, geometry.stride, geometry.dilation
-    (top, left), (height, width) = geometry.padding, geometry.input_size
-    rows_out, cols_out = geometry.output_size
-    qh, qw = dh * (kh - 1) // sh, dw * (kw - 1) // sw
-    m_rows, m_cols = -(-(height + top) // sh), -(-(width + left) // sw)
-    rows, cols = max(m_rows, rows_out) + qh, max(m_cols, cols_out) + qw
-    padded = workspace.buffer("planes", (g * og, n, rows, cols), y.dtype, y.device)
-    padded.zero_()
-    padded[:, :, qh: qh + rows_out, qw: qw + cols_out].copy_(y.transpose(0, 1))
-    flat = padded.view(g, og, -1)
-    span = n * rows * cols - qh * cols - qw
-    taps = _taps_by_group(weight, g, transpose=True)
-    image = y.new_empty(n, g * cg, height, width)
+    (sh, sw), (top, left), (height, width) = geometry.stride, geometry.padding, geometry.input_size
+    grouped = weight.reshape(g, og, cg, *geometry.kernel_size)
+    image = None if (sh, sw) == (1, 1) else y.new_empty(y.shape[0], g * cg, height, width)
     for a in range(sh):
-        m0, m1 = _inside(height, m_rows, sh, a - top)
+        rows = _inside(height, -(-(height + top) // sh), sh, a - top)
         for b in range(sw):
-            c0, c1 = _inside(width, m_cols, sw, b - left)
-            if m1 == m0 or c1 == c0:
+            cols = _inside(width, -(-(width + left) // sw), sw, b - left)
+            if rows[1] == rows[0] or cols[1] == cols[0]:
                 continue
-            target = image[:, :, _strided(m0, m1, sh, a - top), _strided(c0, c1, sw, b - left)]
-            phase_taps = [(u, v) for u in range(kh) if dh * u % sh == a for v in range(kw) if dw * v % sw == b]
-            if not phase_taps:
+            row_taps, col_taps, sub = _phase_problem(geometry, a, b, rows, cols)
+            target = image if image is None else image[:, :, _strided(*rows, sh, a - top), _strided(*cols, sw, b - left)]
+            if not row_taps or not col_taps:
                 target.zero_()
                 continue
-            out = workspace.buffer("product", (g, cg, span), y.dtype, y.device)
-            for index, (u, v) in enumerate(phase_taps):
-                offset = (qh - dh * u // sh) * cols + qw - dw * v // sw
-                _multiply(out, taps[u, v], flat[:, :, offset: offset + span], accumulate=index > 0)
-            phase = out.as_strided((g * cg, n, m1 - m0, c1 - c0), (span, rows * cols, cols, 1), m0 * cols + c0)
-            target.copy_(phase.transpose(0, 1))
+            kernel = grouped[:, :, :, row_taps][:, :, :, :, col_taps].transpose(1, 2).reshape(g * cg, og, *sub.kernel_size)
+            phase = run("correlate", y, kernel, sub)
+            if image is None:
+                return phase
+            target.copy_(phase)
     return image
 
 
@@ -325,7 +344,7 @@ def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry
     k, positions = cg * kh * kw, rows_out * cols_out
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
     grad = x.new_empty(g, og, k)
-    chunk = _batch_chunk(g * k * positions, x.numel(), y.numel(), grad.numel())
+    chunk = _batch_chunk(n, g * k * positions, x.numel(), y.numel(), grad.numel())
     for n0 in range(0, n, chunk):
         part = patches[n0: n0 + chunk]
         nb = part.shape[0]
@@ -434,21 +453,26 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
     forced_name = getattr(_local, "forced", {}).get(contraction)
     if forced_name is not None:
         return forced_name, "forced by strategies.forced()"
+    largest = max(batch * in_channels * math.prod(geometry.input_size), batch * out_channels * positions,
+                  out_channels * cg * kh * kw)
+    columns_fit = in_channels * kh * kw * positions <= COLUMN_BUDGET * largest
     if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
-        return "depthwise", "depthwise: nothing to contract over channels, elementwise multiply-accumulate per tap"
+        return "depthwise", "depthwise: nothing to contract over channels, a multiply-accumulate per tap"
     if contraction == "correlate":
-        if g > 1 or kh * kw >= 25:
-            return "shifted", "grouped or large kernel: k² shifted products, no k²-times-larger column matrix"
+        if g > 1 or not columns_fit:
+            why = "grouped" if g > 1 else "one image's column matrix would exceed the memory bound"
+            return "shifted", why + ": k² shifted products, no column matrix"
         if positions < 256:
-            return "im2col_folded", "small image: batch folded into the columns for one large product"
-        return "im2col", "standard layer: one dense product on a copied column matrix"
+            return "im2col_folded", "small image: the batch folded into the columns makes one large product"
+        return "im2col", "one dense product on a copied column matrix"
     if contraction == "correlate_transpose":
-        if g > 1 or kh * kw >= 25 or cg * kh * kw < 64:
-            return "phase", "grouped, large or thin kernel: stride² phases of shifted products, no zero insertion"
-        return "col2im", "standard layer: one product Wᵀ·y then strided tap additions"
-    if cg * kh * kw <= 64 and positions >= 4096:
-        return "im2col", "few input channels: one product with a long contraction over batch and positions"
-    return "shifted", "k² products contracting batch and positions, no column matrix"
+        if columns_fit and ((kh <= sh and kw <= sw) or cg < 16):
+            why = "taps do not overlap (k ≤ s)" if kh <= sh and kw <= sw else "few input channels"
+            return "col2im", why + ": one product Wᵀ·y with a wide output, then strided tap additions"
+        return "phase", "stride² stride-1 correlations of y with sub-kernels, each by the forward dispatcher"
+    if not columns_fit or ((sh, sw) == (1, 1) and cg >= 16 and positions >= 256 and kh * kw > 1):
+        return "shifted", "k² products, each contracting batch and positions at once, no column matrix"
+    return "im2col", "one product contracting batch and positions against a copied column matrix"
 
 
 def run(contraction: str, first: torch.Tensor, second: torch.Tensor, geometry: Geometry) -> torch.Tensor:
