@@ -4,7 +4,7 @@ Every other part of convbook -- the vectorised kernels, the loop references, the
 and the figures -- reads positions and sizes from this module, so that the text, the pictures
 and the code cannot disagree.
 
-Notation (one spatial dimension; rows and columns are independent):
+Notation (one spatial dimension; rows and columns are independent)::
     H  input size          k  kernel size       s  stride
     p  padding             d  dilation          a  output padding (transposed only)
 
