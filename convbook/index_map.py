@@ -5,6 +5,7 @@ and the figures -- reads positions and sizes from this module, so that the text,
 and the code cannot disagree.
 
 Notation (one spatial dimension; rows and columns are independent)::
+
     H  input size          k  kernel size       s  stride
     p  padding             d  dilation          a  output padding (transposed only)
 
