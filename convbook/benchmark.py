@@ -22,9 +22,12 @@ import argparse
 import gc
 import json
 import math
+import os
 import platform
 import statistics
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -159,11 +162,25 @@ def paired(ours, native, rounds: int, target: float) -> dict:
                 native_ms=1e3 * statistics.median(t_native))
 
 
+@contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines) inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def peak_extra_bytes(fn) -> int:
     """Peak of the running sum of all allocations minus frees while ``fn`` runs (profiler records)."""
     from torch.profiler import ProfilerActivity, profile
     gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                      if e.name() == "[memory]")
@@ -228,6 +245,7 @@ def table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: str | None = None):
     """Grouped bars of the four time ratios per layer, log scale, with the parity line at 1."""
     import matplotlib
+    import matplotlib.ticker
     if path is not None:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,6 +255,10 @@ def plot(rows: list[dict], path: str | None = None):
         ax.bar([i + (index - 1.5) * width for i in range(len(rows))], [r[kind]["ratio"] for r in rows], width, label=kind)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    ratios = [r[kind]["ratio"] for r in rows for kind in KINDS]
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32) if min(ratios) / 2 <= t <= max(ratios) * 2]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(range(len(rows)), [r["layer"]["name"] for r in rows], rotation=40, ha="right")
     ax.set_ylabel("time convbook / native")
     ax.legend(ncol=4, fontsize="small")
