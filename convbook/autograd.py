@@ -173,8 +173,8 @@ class Correlate(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, x_tangent, weight_tangent, bias_tangent, _):
         x, weight = ctx.saved_tensors
-        return _tangent([None if x_tangent is None else call(Correlate, x_tangent, weight, None, ctx.geometry),
-                         None if weight_tangent is None else call(Correlate, x, weight_tangent, None, ctx.geometry),
+        return _tangent([None if x_tangent is None else correlate(x_tangent, weight, None, ctx.geometry),
+                         None if weight_tangent is None else correlate(x, weight_tangent, None, ctx.geometry),
                          None if bias_tangent is None else bias_tangent.view(1, -1, 1, 1)])
 
     @staticmethod
@@ -204,8 +204,8 @@ class CorrelateTranspose(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, y_tangent, weight_tangent, bias_tangent, _):
         y, weight = ctx.saved_tensors
-        return _tangent([None if y_tangent is None else call(CorrelateTranspose, y_tangent, weight, None, ctx.geometry),
-                         None if weight_tangent is None else call(CorrelateTranspose, y, weight_tangent, None,
+        return _tangent([None if y_tangent is None else correlate_transpose(y_tangent, weight, None, ctx.geometry),
+                         None if weight_tangent is None else correlate_transpose(y, weight_tangent, None,
                                                                   ctx.geometry),
                          None if bias_tangent is None else bias_tangent.view(1, -1, 1, 1)])
 
@@ -236,15 +236,15 @@ class CorrelateWeight(torch.autograd.Function):
     def backward(ctx, grad_weight):
         x, y = ctx.saved_tensors
         need_x, need_y = ctx.needs_input_grad[:2]
-        grad_x = call(CorrelateTranspose, y.conj(), grad_weight, None, ctx.geometry) if need_x else None
-        grad_y = call(Correlate, x.conj(), grad_weight, None, ctx.geometry) if need_y else None
+        grad_x = correlate_transpose(y.conj(), grad_weight, None, ctx.geometry) if need_x else None
+        grad_y = correlate(x.conj(), grad_weight, None, ctx.geometry) if need_y else None
         return grad_x, grad_y, None
 
     @staticmethod
     def jvp(ctx, x_tangent, y_tangent, _):
         x, y = ctx.saved_tensors
-        return _tangent([None if x_tangent is None else call(CorrelateWeight, x_tangent, y, ctx.geometry),
-                         None if y_tangent is None else call(CorrelateWeight, x, y_tangent, ctx.geometry)])
+        return _tangent([None if x_tangent is None else correlate_weight(x_tangent, y, ctx.geometry),
+                         None if y_tangent is None else correlate_weight(x, y_tangent, ctx.geometry)])
 
     @staticmethod
     def vmap(info, in_dims, x, y, geometry):
@@ -261,12 +261,26 @@ def _without_jvp(function: type[torch.autograd.Function]) -> type[torch.autograd
     return type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
 
 
-_TRACEABLE = {f: _without_jvp(f) for f in (Correlate, CorrelateTranspose, CorrelateWeight)}
+_TRACEABLE_CORRELATE = _without_jvp(Correlate)
+_TRACEABLE_CORRELATE_TRANSPOSE = _without_jvp(CorrelateTranspose)
+_TRACEABLE_CORRELATE_WEIGHT = _without_jvp(CorrelateWeight)
 
 
-def call(function: type[torch.autograd.Function], *args):
-    """``function.apply(*args)``; while torch.compile traces, the same Function without its ``jvp``."""
-    return (_TRACEABLE[function] if torch.compiler.is_compiling() else function).apply(*args)
+def correlate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: Geometry) -> torch.Tensor:
+    """``Correlate.apply``; while torch.compile traces, the same Function without its ``jvp``."""
+    return (_TRACEABLE_CORRELATE if torch.compiler.is_compiling() else Correlate).apply(x, weight, bias, geometry)
+
+
+def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        geometry: Geometry) -> torch.Tensor:
+    """``CorrelateTranspose.apply``; while torch.compile traces, the same Function without its ``jvp``."""
+    function = _TRACEABLE_CORRELATE_TRANSPOSE if torch.compiler.is_compiling() else CorrelateTranspose
+    return function.apply(y, weight, bias, geometry)
+
+
+def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """``CorrelateWeight.apply``; while torch.compile traces, the same Function without its ``jvp``."""
+    return (_TRACEABLE_CORRELATE_WEIGHT if torch.compiler.is_compiling() else CorrelateWeight).apply(x, y, geometry)
 
 
 def conv2d_grads(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
@@ -277,8 +291,8 @@ def conv2d_grads(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     with derivative w, so ∂L/∂x = correlate_transpose(∂L/∂y, w̄) and ∂L/∂w uses x̄.
     """
     layout = suggested_format(x, weight)
-    grad_x = call(CorrelateTranspose, grad_output, weight.conj(), None, geometry) if needed[0] else None
-    grad_weight = call(CorrelateWeight, x.conj(), grad_output, geometry) if needed[1] else None
+    grad_x = correlate_transpose(grad_output, weight.conj(), None, geometry) if needed[0] else None
+    grad_weight = correlate_weight(x.conj(), grad_output, geometry) if needed[1] else None
     grad_bias = sum_bias(grad_output) if needed[2] else None
     return (None if grad_x is None else grad_x.contiguous(memory_format=layout),
             None if grad_weight is None else grad_weight.contiguous(memory_format=layout),
@@ -291,8 +305,8 @@ def conv_transpose2d_grads(grad_output: torch.Tensor, y: torch.Tensor, weight: t
     of ``grad_output`` with the same (for complex: conjugated) weight, the weight gradient a
     correlation of ``grad_output`` with the (conjugated) input."""
     layout = suggested_format(y, weight)
-    grad_y = call(Correlate, grad_output, weight.conj(), None, geometry) if needed[0] else None
-    grad_weight = call(CorrelateWeight, grad_output, y.conj(), geometry) if needed[1] else None
+    grad_y = correlate(grad_output, weight.conj(), None, geometry) if needed[0] else None
+    grad_weight = correlate_weight(grad_output, y.conj(), geometry) if needed[1] else None
     grad_bias = sum_bias(grad_output) if needed[2] else None
     return (None if grad_y is None else grad_y.contiguous(memory_format=layout),
             None if grad_weight is None else grad_weight.contiguous(memory_format=layout),

@@ -17,7 +17,8 @@ SUPPORTED_DTYPES = {
     "conv2d": (*FLOATING_DTYPES, *COMPLEX_DTYPES, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64),
     "conv_transpose2d": (*FLOATING_DTYPES, *COMPLEX_DTYPES, torch.int64),
 }
-"""The dtypes PyTorch (2.x, CPU) convolves, per op; gradients exist for the floating and complex ones."""
+"""The dtypes PyTorch (2.x, CPU) convolves, per op; gradients exist for the floating and complex ones.
+A *dilated* conv2d takes only the dtypes of conv_transpose2d."""
 
 NATIVE_KERNEL = {"conv2d": "slow_conv2d_cpu", "conv_transpose2d": "slow_conv_transpose2d_out_cpu"}
 """The kernel PyTorch names when it refuses a dtype."""
@@ -170,6 +171,8 @@ def conv2d_geometry(input4: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
           f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
           f"({effective[0]} x {effective[1]}). Kernel size can't be greater than actual input size")
     check_nonempty_image(input4)
+    check(dilation == (1, 1) or input4.dtype in SUPPORTED_DTYPES["conv_transpose2d"],
+          f'"slow_conv_dilated<>" not implemented for \'{_scalar_name(input4.dtype)}\'', NotImplementedError)
     out = tuple(conv_output_size(h, k, s, pad, d) for h, k, s, pad, d in zip(size, kernel, stride, pads, dilation))
     return Geometry(kernel, stride, (pads[0][0], pads[1][0]), dilation, groups, size, out)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from . import checks
-from .autograd import Correlate, CorrelateTranspose, call, conv2d_grads, conv_transpose2d_grads
+from .autograd import Correlate, CorrelateTranspose, conv2d_grads, conv_transpose2d_grads, correlate, correlate_transpose
 
 __all__ = ["conv2d", "conv_transpose2d", "conv2d_backward", "conv_transpose2d_backward"]
 
@@ -33,7 +33,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     checks.check_tensors("conv2d", input, weight, bias)
     x, unbatch = _batched(input)
     geometry = checks.conv2d_geometry(x, weight, bias, stride, padding, dilation, groups)
-    return unbatch(call(Correlate, x, weight, bias, geometry))
+    return unbatch(correlate(x, weight, bias, geometry))
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
@@ -47,7 +47,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     checks.check_tensors("conv_transpose2d", input, weight, bias)
     y, unbatch = _batched(input)
     geometry = checks.conv_transpose2d_geometry(y, weight, bias, stride, padding, output_padding, groups, dilation)
-    return unbatch(call(CorrelateTranspose, y, weight, bias, geometry))
+    return unbatch(correlate_transpose(y, weight, bias, geometry))
 
 
 def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1):
@@ -70,7 +70,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 
 def conv_transpose2d_backward(grad_output, input, weight, stride=1, padding=0, output_padding=0, groups=1,
                               dilation=1):
-    """The gradients of ``conv_transpose2d`` from ``grad_output`` (book §4.4):
+    """The gradients of ``conv_transpose2d`` from ``grad_output`` (book §4.5):
 
     * ``grad_input``  = conv2d(grad_output, w)                (eq. 4.5a)
     * ``grad_weight`` = correlation of grad_output with input (eq. 4.5b)
