@@ -229,3 +229,16 @@ def test_inductor_compiles_conv2d_forward_and_backward_to_pytorchs_results(devic
     for m, r in zip(forward_and_gradients(compiled, "conv2d", device),
                     forward_and_gradients(F.conv2d, "conv2d", device)):
         assert_close_to_torch(m, r, "inductor conv2d")
+
+
+# --- the appendix's sympy proofs ----------------------------------------------------------------
+
+def test_sympy_proves_the_conjugated_gradients_the_tangent_and_the_four_real_convolutions():
+    from convbook import symbolic_complex as proofs
+    rows = [row for case in proofs.COMPLEX_CONV2D_CASES.values() for row in proofs.conv2d_complex_gradients(case)]
+    rows += [row for case in proofs.COMPLEX_CONV_TRANSPOSE2D_CASES.values()
+             for row in proofs.conv_transpose2d_complex_gradients(case)]
+    case = next(iter(proofs.COMPLEX_CONV2D_CASES.values()))
+    rows += [proofs.conv2d_tangent(case), proofs.conv2d_from_real_parts(case)]
+    for row in rows:
+        assert row.entries > 0 and row.all_equal == ("unconjugated" not in row.claim), row
