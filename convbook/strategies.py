@@ -135,11 +135,25 @@ extra memory that still leaves few, large products (each product is a parallel r
 regions matter on a busy machine)."""
 
 
-def _batch_chunk(batch: int, per_image: int, *sizes: int) -> int:
-    """Images per chunk: as many as fit ``COLUMN_BUDGET × max(sizes)`` elements, spread evenly."""
-    fits = max(1, COLUMN_BUDGET * max(sizes) // max(1, per_image))
-    chunks = -(-batch // fits)
-    return -(-batch // chunks)
+def _blocks(batch: int, rows: int, per_image: int, *sizes: int):
+    """(n0, n1, r0, r1): images n0:n1 and output rows r0:r1 of each block of an im2col loop.
+
+    A block's column matrix holds at most ``COLUMN_BUDGET × max(sizes)`` elements: as many whole
+    images as fit, spread evenly -- or, when one image does not fit (large kernels), one image at a
+    time in bands of output rows.
+    """
+    budget = COLUMN_BUDGET * max(sizes)
+    if per_image <= budget:
+        chunks = -(-batch // max(1, budget // max(1, per_image)))
+        step = -(-batch // chunks)
+        for n0 in range(0, batch, step):
+            yield n0, min(batch, n0 + step), 0, rows
+        return
+    bands = -(-rows // max(1, budget // max(1, per_image // rows)))
+    band = -(-rows // bands)
+    for n0 in range(batch):
+        for r0 in range(0, rows, band):
+            yield n0, n0 + 1, r0, min(rows, r0 + band)
 
 
 def _multiply(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool) -> None:
@@ -160,7 +174,8 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
 
     The windows are a strided view (:func:`kernels.windows`); copying them into a reused buffer
     makes them one dense (K × L) matrix, and the product runs at matrix-multiply speed. The
-    batch is processed in chunks so the buffer stays within the operands' size. With
+    work is done in blocks of images, or of output rows for large kernels (:func:`_blocks`), so
+    the buffer stays within a few times the operands' size. With
     ``fold_batch`` the columns of a chunk are (n, i, j) and one product serves all its images.
     """
     g, og, cg = _split(geometry, weight)
@@ -169,20 +184,22 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)       # (N, C, Ho, Wo, kh, kw)
     w = weight.reshape(g, og, k)
     y = x.new_empty(n, g * og, rows_out, cols_out)
-    chunk = _batch_chunk(n, g * k * positions, x.numel(), y.numel(), weight.numel())
-    for n0 in range(0, n, chunk):
-        part = patches[n0: n0 + chunk]
-        nb = part.shape[0]
+    for n0, n1, r0, r1 in _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), weight.numel()):
+        part, nb, band = patches[n0:n1, :, r0:r1], n1 - n0, (r1 - r0) * cols_out
         if fold_batch:
-            cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rows_out, cols_out), x.dtype, x.device)
+            cols = workspace.buffer("columns", (g, cg, kh, kw, nb, r1 - r0, cols_out), x.dtype, x.device)
             cols.copy_(part.permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
-            out = workspace.buffer("product", (g, og, nb * positions), x.dtype, x.device)
-            torch.bmm(w, cols.view(g, k, nb * positions), out=out)
-            y[n0: n0 + nb].copy_(out.view(g * og, nb, rows_out, cols_out).transpose(0, 1))
+            out = workspace.buffer("product", (g, og, nb * band), x.dtype, x.device)
+            torch.bmm(w, cols.view(g, k, nb * band), out=out)
+            y[n0:n1, :, r0:r1].copy_(out.view(g * og, nb, r1 - r0, cols_out).transpose(0, 1))
+            continue
+        cols = workspace.buffer("columns", (nb, g, cg, kh, kw, r1 - r0, cols_out), x.dtype, x.device)
+        cols.copy_(part.permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
+        if band == positions:
+            torch.matmul(w, cols.view(nb, g, k, positions), out=y[n0:n1].view(nb, g, og, positions))
         else:
-            cols = workspace.buffer("columns", (nb, g, cg, kh, kw, rows_out, cols_out), x.dtype, x.device)
-            cols.copy_(part.permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
-            torch.matmul(w, cols.view(nb, g, k, positions), out=y[n0: n0 + nb].view(nb, g, og, positions))
+            target = y[n0].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
+            _multiply(target, w, cols.view(g, k, band), accumulate=False)
     return y
 
 
@@ -257,10 +274,8 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
     k, positions = cg * kh * kw, rows_out * cols_out
     w_t = weight.reshape(g, og, k).transpose(1, 2)
     image = y.new_zeros(n, g * cg, *geometry.input_size)
-    chunk = _batch_chunk(n, g * k * positions, y.numel(), image.numel(), weight.numel())
-    for n0 in range(0, n, chunk):
-        part = y[n0: n0 + chunk].reshape(-1, g, og, positions)
-        nb = part.shape[0]
+    for n0, n1, _, _ in _blocks(n, 1, g * k * positions, y.numel(), image.numel(), weight.numel()):
+        part, nb = y[n0:n1].reshape(-1, g, og, positions), n1 - n0
         cols = workspace.buffer("columns", (nb, g, k, positions), y.dtype, y.device)
         torch.matmul(w_t, part, out=cols)
         _add_taps(image[n0: n0 + nb], cols.view(nb, g * cg, kh, kw, rows_out, cols_out), geometry)
@@ -344,15 +359,14 @@ def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry
     k, positions = cg * kh * kw, rows_out * cols_out
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
     grad = x.new_empty(g, og, k)
-    chunk = _batch_chunk(n, g * k * positions, x.numel(), y.numel(), grad.numel())
-    for n0 in range(0, n, chunk):
-        part = patches[n0: n0 + chunk]
-        nb = part.shape[0]
-        cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rows_out, cols_out), x.dtype, x.device)
-        cols.copy_(part.permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
-        y_cm = workspace.buffer("product", (o, nb, rows_out, cols_out), x.dtype, x.device)
-        y_cm.copy_(y[n0: n0 + nb].transpose(0, 1))
-        _multiply(grad, y_cm.view(g, og, -1), cols.view(g, k, -1).transpose(1, 2), accumulate=n0 > 0)
+    blocks = _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), grad.numel())
+    for index, (n0, n1, r0, r1) in enumerate(blocks):
+        nb, rb = n1 - n0, r1 - r0
+        cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rb, cols_out), x.dtype, x.device)
+        cols.copy_(patches[n0:n1, :, r0:r1].permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
+        y_cm = workspace.buffer("product", (o, nb, rb, cols_out), x.dtype, x.device)
+        y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
+        _multiply(grad, y_cm.view(g, og, -1), cols.view(g, k, -1).transpose(1, 2), accumulate=index > 0)
     return grad.view(o, cg, kh, kw)
 
 
@@ -459,9 +473,8 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
     if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
         return "depthwise", "depthwise: nothing to contract over channels, a multiply-accumulate per tap"
     if contraction == "correlate":
-        if g > 1 or not columns_fit:
-            why = "grouped" if g > 1 else "one image's column matrix would exceed the memory bound"
-            return "shifted", why + ": k² shifted products, no column matrix"
+        if g > 1:
+            return "shifted", "grouped: k² shifted products per group, no column matrix"
         if positions < 256:
             return "im2col_folded", "small image: the batch folded into the columns makes one large product"
         return "im2col", "one dense product on a copied column matrix"

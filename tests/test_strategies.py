@@ -91,6 +91,14 @@ def test_no_strategy_runs_a_native_convolution(contraction, name):
     assert convolution_ops(ops) == []
 
 
+@pytest.mark.parametrize("contraction,name", [("correlate", "im2col"), ("correlate", "im2col_folded"),
+                                               ("correlate_weight", "im2col"), ("correlate_transpose", "col2im")])
+def test_im2col_works_in_bands_of_rows_when_one_image_exceeds_the_column_budget(contraction, name, monkeypatch):
+    monkeypatch.setattr(strategies, "COLUMN_BUDGET", 0)
+    with strategies.forced(**{contraction: name}):
+        check_against_torch("conv2d", (2, 3, 11, 10), (4, 3, 5, 3), padding=(2, 1), stride=(1, 2))
+
+
 def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
     for op, input_shape, weight_shape, kwargs in CASES.values():
         explained = convbook.explain(op, input_shape, weight_shape, **kwargs)
@@ -113,7 +121,9 @@ def test_explain_reports_what_forced_sets_and_forced_is_undone_after_the_block()
 def test_the_dispatcher_picks_by_shape():
     assert convbook.explain("conv2d", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)["forward"][0] == "depthwise"
     assert convbook.explain("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1)["forward"][0] == "im2col_folded"
-    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 11, 11), padding=5)["forward"][0] == "shifted"
+    assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8)["forward"][0] == "shifted"
+    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "im2col"
+    assert convbook.explain("conv_transpose2d", (8, 64, 56, 56), (64, 32, 2, 2), stride=2)["forward"][0] == "col2im"
     assert convbook.explain("conv2d", (0, 3, 5, 5), (2, 3, 3, 3))["forward"][0] == "plain"
 
 
