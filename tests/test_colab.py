@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -76,7 +77,7 @@ def _clean_environment(jupyter_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def colab_runtime(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def colab_runtime(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     """A fresh venv with torch, the book's libraries and convbook pip-installed from a copy of this checkout."""
     where = tmp_path_factory.mktemp("colab")
     venv = where / "venv"
@@ -92,7 +93,8 @@ def colab_runtime(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     if install.returncode:
         pytest.fail(f"pip install into the fresh venv failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}")
     shutil.rmtree(checkout)
-    return python, env
+    yield python, env
+    shutil.rmtree(venv, ignore_errors=True)  # about 1.5 GB: not left behind in pytest's kept temp folders
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,8 @@ async () => {
   }).map(p => p.textContent.trim().slice(0, 80));
   return {
     title: document.title,
+    favicon: (document.querySelector('link[rel="icon"]') || {href: ''}).href,
+    logo: Array.from(document.querySelectorAll('img.logo__image')).map(img => img.src),
     heading: (document.querySelector('.bd-article h1') || {textContent: ''}).textContent,
     equationNumbers: Array.from(document.querySelectorAll('.bd-article .eqno')).map(node => node.textContent.trim()),
     prevNext: Array.from(document.querySelectorAll('.prev-next-area a')).map(a => a.getAttribute('href')),
@@ -270,6 +272,15 @@ def test_every_page_has_a_screenshot_at_both_widths(visits):
     for v in visits:
         assert v.screenshot is not None and v.screenshot.stat().st_size > 0, (v.page, v.viewport)
     assert {v.viewport for v in visits} == set(VIEWPORTS)
+
+
+def test_every_page_shows_the_books_own_logo_and_favicon(visits, site):
+    base, html = site
+    for v in visits:
+        assert v.probe["favicon"].startswith(base) and v.probe["favicon"].endswith(".svg"), (v.page, v.probe["favicon"])
+        assert (html / urlsplit(v.probe["favicon"]).path.lstrip("/")).is_file(), v.probe["favicon"]
+        assert v.probe["logo"] and all(src.startswith(base) and src.endswith("logo.svg") for src in v.probe["logo"]), \
+            (v.page, v.probe["logo"])
 
 
 def test_chapters_have_numbered_equations_and_previous_next_links(visits):
