@@ -74,27 +74,32 @@ def _real_contract(contraction: str, a: torch.Tensor, b: torch.Tensor, geometry:
     return _kernel(contraction, a, b)(a.to(wide), b.to(wide), geometry)
 
 
+def _parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real part, imaginary part) of a complex tensor, in the wider dtype it is computed in."""
+    t = t.resolve_conj().to(WIDER.get(t.dtype, t.dtype))
+    return t.real, t.imag
+
+
 def contract(contraction: str, a: torch.Tensor, b: torch.Tensor, geometry: Geometry,
              bias: torch.Tensor | None = None) -> torch.Tensor:
     """``kernels.<contraction>(a, b, geometry)`` (+ bias on the channel dimension) for any dtype
     PyTorch convolves, rounded once to that dtype.
 
-    The kernels contract float32 and float64. Every contraction is bilinear, so for complex
-    operands ``a = a_r + i·a_i``, ``b = b_r + i·b_i``
+    The kernels contract real tensors. Every contraction f is bilinear, so for complex operands
+    ``a = a_r + i·a_i``, ``b = b_r + i·b_i`` (appendix eq. C.8)
 
         f(a, b) = f(a_r, b_r) − f(a_i, b_i) + i·(f(a_r, b_i) + f(a_i, b_r)),
 
     four real contractions; narrower dtypes are computed in :data:`WIDER` and the bias added there.
     """
     if a.dtype.is_complex:
-        wide = WIDER.get(a.dtype, a.dtype)
-        (a_r, a_i), (b_r, b_i) = ((t.to(wide).real, t.to(wide).imag) for t in (a.resolve_conj(), b.resolve_conj()))
+        (a_r, a_i), (b_r, b_i) = _parts(a), _parts(b)
         f = lambda p, q: _real_contract(contraction, p, q, geometry)  # noqa: E731
         result = torch.complex(f(a_r, b_r) - f(a_i, b_i), f(a_r, b_i) + f(a_i, b_r))
     else:
         result = _real_contract(contraction, a, b, geometry)
     if bias is not None:
-        result = result + bias.to(result.dtype).view(1, -1, 1, 1)
+        result.add_(bias.to(result.dtype).view(1, -1, 1, 1))     # the kernels return fresh tensors
     return result.to(a.dtype)
 
 
