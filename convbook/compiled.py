@@ -26,39 +26,29 @@ def _decode(v: list[int]) -> Geometry:
     return Geometry((v[0], v[1]), (v[2], v[3]), (v[4], v[5]), (v[6], v[7]), v[8], (v[9], v[10]), (v[11], v[12]))
 
 
-@torch.library.custom_op("convbook::correlate", mutates_args=())
-def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: list[int]) -> torch.Tensor:
-    return kernels.correlate(x, weight, _decode(geometry)).contiguous()
+def _custom_op(name: str, result_shape: Callable[[torch.Tensor, torch.Tensor, Geometry], tuple[int, ...]]):
+    """``convbook::<name>``: runs ``kernels.<name>``; its fake version makes an empty result of
+    ``result_shape(first, second, geometry)``."""
+    @torch.library.custom_op(f"convbook::{name}", mutates_args=())
+    def op(first: torch.Tensor, second: torch.Tensor, geometry: list[int]) -> torch.Tensor:
+        return getattr(kernels, name)(first, second, _decode(geometry)).contiguous()
+
+    @op.register_fake
+    def _(first, second, geometry):
+        return first.new_empty(result_shape(first, second, _decode(geometry)))
+    return op
 
 
-@correlate.register_fake
-def _(x, weight, geometry):
-    return x.new_empty(x.shape[0], weight.shape[0], *_decode(geometry).output_size)
-
-
-@torch.library.custom_op("convbook::correlate_transpose", mutates_args=())
-def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: list[int]) -> torch.Tensor:
-    return kernels.correlate_transpose(y, weight, _decode(geometry)).contiguous()
-
-
-@correlate_transpose.register_fake
-def _(y, weight, geometry):
-    g = _decode(geometry)
-    return y.new_empty(y.shape[0], weight.shape[1] * g.groups, *g.input_size)
-
-
-@torch.library.custom_op("convbook::correlate_weight", mutates_args=())
-def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: list[int]) -> torch.Tensor:
-    return kernels.correlate_weight(x, y, _decode(geometry)).contiguous()
-
-
-@correlate_weight.register_fake
-def _(x, y, geometry):
-    g = _decode(geometry)
-    return x.new_empty(y.shape[1], x.shape[1] // g.groups, *g.kernel_size)
-
-
-_OPS = {"correlate": correlate, "correlate_transpose": correlate_transpose, "correlate_weight": correlate_weight}
+_OPS = {
+    # y (N, O, H_out, W_out) from x and w, eq. (1.3)
+    "correlate": _custom_op("correlate", lambda x, w, g: (x.shape[0], w.shape[0], *g.output_size)),
+    # x (N, C, H, W) from y and w (C_in, C_out / groups, kH, kW), eq. (4.2)
+    "correlate_transpose": _custom_op("correlate_transpose",
+                                      lambda y, w, g: (y.shape[0], w.shape[1] * g.groups, *g.input_size)),
+    # w (O, C / groups, kH, kW) from x and y
+    "correlate_weight": _custom_op("correlate_weight",
+                                   lambda x, y, g: (y.shape[1], x.shape[1] // g.groups, *g.kernel_size)),
+}
 
 
 def contraction(name: str) -> Callable[[torch.Tensor, torch.Tensor, Geometry], torch.Tensor]:
