@@ -308,6 +308,12 @@ def _phase_problem(geometry: Geometry, a: int, b: int, rows: tuple[int, int], co
     return taps[0], taps[1], sub
 
 
+def _progression(taps: list[int]) -> slice:
+    """The descending arithmetic progression ``taps`` (one phase's taps, reversed) as an ascending slice."""
+    step = taps[0] - taps[1] if len(taps) > 1 else 1
+    return slice(taps[-1], taps[0] + 1, step)
+
+
 def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Sub-pixel (phase) decomposition: the adjoint at stride s is s_h·s_w stride-1 *correlations*
     of y (:func:`_phase_problem`), one per output phase, each computed by the forward dispatcher
@@ -330,7 +336,8 @@ def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: G
             if not row_taps or not col_taps:
                 target.zero_()
                 continue
-            kernel = grouped[:, :, :, row_taps][:, :, :, :, col_taps].transpose(1, 2).reshape(g * cg, og, *sub.kernel_size)
+            taps = grouped[:, :, :, _progression(row_taps)][:, :, :, :, _progression(col_taps)]
+            kernel = taps.flip(3, 4).transpose(1, 2).reshape(g * cg, og, *sub.kernel_size)
             phase = run("correlate", y, kernel, sub)
             if image is None:
                 return phase
@@ -479,8 +486,9 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
             return "im2col_folded", "small image: the batch folded into the columns makes one large product"
         return "im2col", "one dense product on a copied column matrix"
     if contraction == "correlate_transpose":
-        if columns_fit and ((kh <= sh and kw <= sw) or cg < 16):
-            why = "taps do not overlap (k ≤ s)" if kh <= sh and kw <= sw else "few input channels"
+        if columns_fit and ((kh <= sh and kw <= sw) or cg < 16 or positions < 256):
+            why = ("taps do not overlap (k ≤ s)" if kh <= sh and kw <= sw
+                   else "few input channels" if cg < 16 else "small image")
             return "col2im", why + ": one product Wᵀ·y with a wide output, then strided tap additions"
         return "phase", "stride² stride-1 correlations of y with sub-kernels, each by the forward dispatcher"
     if not columns_fit or ((sh, sw) == (1, 1) and cg >= 16 and positions >= 256 and kh * kw > 1):
