@@ -21,7 +21,7 @@ Strategies (``name: equation``):
   rows ``s·i + d·u − p`` of the image (only the rows that land inside it).
 * ``phase`` (adjoint) -- the sub-pixel decomposition: output rows ``h + p ≡ r (mod s)`` receive
   only the taps with ``d·u ≡ r``, and from them ``x_r[m] = Σ_u W_uᵀ · y[m − ⌊du/s⌋]``: s² stride-1
-  problems, each done by shifted products with no zeros inserted.
+  correlations, each by the forward dispatcher, with no zeros inserted.
 * ``plain`` -- the plain vectorised version of :mod:`convbook.kernels` (einsum).
 
 :func:`choose` picks one from the shapes and says why; :func:`explain` does so for a public call;
@@ -97,18 +97,25 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
         r0, r1 = _inside(height, rows, sh, a - top)
         for ib, b in enumerate(col_phases):
             q0, q1 = _inside(width, cols, sw, b - left)
-            plane = planes[ia, ib]
-            if r1 == r0 or q1 == q0:
-                plane.zero_()
-                continue
-            plane[:, :, :r0].zero_()
-            plane[:, :, r1:].zero_()
-            plane[:, :, r0:r1, :q0].zero_()
-            plane[:, :, r0:r1, q1:].zero_()
-            plane[:, :, r0:r1, q0:q1].copy_(x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)])
+            _frame(planes[ia, ib], (r0, r1, q0, q1),
+                   lambda: x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)])
     phase_of = {(a, b): planes[ia, ib].reshape(c, -1) for ia, a in enumerate(row_phases)
                 for ib, b in enumerate(col_phases)}
     return phase_of, rows, cols
+
+
+def _frame(target: torch.Tensor, window: tuple[int, int, int, int], source: Callable[[], torch.Tensor]) -> None:
+    """``target[..., r0:r1, q0:q1] = source()`` and zeros around it (only the border is zeroed:
+    the strips are small, so they cost no pass over the buffer)."""
+    r0, r1, q0, q1 = window
+    if r1 == r0 or q1 == q0:
+        target.zero_()
+        return
+    target[..., :r0, :].zero_()
+    target[..., r1:, :].zero_()
+    target[..., r0:r1, :q0].zero_()
+    target[..., r0:r1, q1:].zero_()
+    target[..., r0:r1, q0:q1].copy_(source())
 
 
 def _padded(x: torch.Tensor, geometry: Geometry, name: str) -> torch.Tensor:
@@ -120,12 +127,7 @@ def _padded(x: torch.Tensor, geometry: Geometry, name: str) -> torch.Tensor:
     padded = workspace.buffer(name, (n, c, rows, cols), x.dtype, x.device)
     r0, r1 = _inside(height, rows, 1, -top)
     q0, q1 = _inside(width, cols, 1, -left)
-    padded[:, :, :r0].zero_()
-    padded[:, :, r1:].zero_()
-    padded[:, :, r0:r1, :q0].zero_()
-    padded[:, :, r0:r1, q1:].zero_()
-    if r1 > r0 and q1 > q0:
-        padded[:, :, r0:r1, q0:q1].copy_(x[:, :, r0 - top: r1 - top, q0 - left: q1 - left])
+    _frame(padded, (r0, r1, q0, q1), lambda: x[:, :, r0 - top: r1 - top, q0 - left: q1 - left])
     return padded
 
 
@@ -389,9 +391,7 @@ def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometr
     planes, rows, cols = _phase_planes(x, geometry, "planes")
     span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
     spread = workspace.buffer("product", (o, n, rows, cols), x.dtype, x.device)
-    spread[:, :, rows_out:].zero_()
-    spread[:, :, :rows_out, cols_out:].zero_()
-    spread[:, :, :rows_out, :cols_out].copy_(y.transpose(0, 1))
+    _frame(spread, (0, rows_out, 0, cols_out), lambda: y.transpose(0, 1))
     spread = spread.view(g, og, -1)[:, :, :span]
     grad = x.new_empty(kh, kw, g, og, cg)
     for u in range(kh):
