@@ -27,12 +27,14 @@ class Errors:
 
 
 def errors(actual: torch.Tensor, expected: torch.Tensor) -> Errors:
-    """The four error measures of ``actual`` against ``expected``, computed in float64."""
+    """The four error measures of ``actual`` against ``expected``, computed in float64
+    (complex128 for complex tensors: |a − e| is then the modulus of the complex difference)."""
     if actual.shape != expected.shape:
         raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
     if expected.numel() == 0:
         return Errors(0.0, 0.0, 0.0, 0.0)
-    a, e = actual.detach().to(torch.float64), expected.detach().to(torch.float64)
+    wide = torch.complex128 if actual.is_complex() or expected.is_complex() else torch.float64
+    a, e = actual.detach().to(wide), expected.detach().to(wide)
     diff = (a - e).abs()
     scale = e.abs().max().item()
     max_abs = diff.max().item()
@@ -45,5 +47,8 @@ def worst(rows: list[Errors]) -> Errors:
     return Errors(*(max(getattr(r, f) for r in rows) for f in ("mse", "mae", "max_abs", "max_rel")))
 
 
-TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1.3e-6, atol=1e-5)}
-"""The tolerances the book states -- float64 to 1e-12 at unit scale, float32 at torch.testing's defaults."""
+TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1.3e-6, atol=1e-5),
+             torch.complex128: dict(rtol=1e-12, atol=1e-12), torch.complex64: dict(rtol=1.3e-6, atol=1e-5),
+             torch.float16: dict(rtol=1e-3, atol=1e-5), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}
+"""The tolerances the book states -- float64 and complex128 to 1e-12 at unit scale; float32,
+complex64, float16 and bfloat16 at torch.testing's defaults for that dtype."""
