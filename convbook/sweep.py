@@ -144,14 +144,48 @@ def results(fn, input, weight, bias, grad_output, **kwargs) -> dict[str, torch.T
     return dict(zip(FIELDS, [output.detach(), *torch.autograd.grad(output, leaves, grad_output)]))
 
 
+NEW_DTYPES = (torch.float16, torch.bfloat16, torch.complex64, torch.complex128, torch.int64)
+"""The dtypes beyond float64 and float32 that the book sweeps (fewer configurations each); int64 has
+a forward only, as in PyTorch (integer tensors have no gradients)."""
+
+
+def is_integer(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex)
+
+
+def exact_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the exact answer: complex128 for complex dtypes (``double()`` would drop the
+    imaginary part), float64 for every other."""
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """:data:`convbook.metrics.TOLERANCE` for ``dtype``; integers must be exact (rtol = atol = 0)."""
+    return dict(rtol=0.0, atol=0.0) if is_integer(dtype) else TOLERANCE[dtype]
+
+
+def sweep_operands(op: str, config: Config, dtype: torch.dtype = torch.float64, seed: int = 0):
+    """Seeded (input, weight, bias) for ``config``: standard normal (complex normal for complex
+    dtypes) as in :func:`convbook.compare.operands`, small integers in -3..3 for integer dtypes."""
+    if not is_integer(dtype):
+        return operands(op, config["input_shape"], config["weight_shape"], config["bias"], dtype,
+                        seed=seed, groups=config["kwargs"]["groups"])
+    generator = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randint(-3, 4, shape, generator=generator, dtype=dtype)  # noqa: E731
+    weight_shape = config["weight_shape"]
+    out_channels = weight_shape[0] if op == "conv2d" else weight_shape[1] * config["kwargs"]["groups"]
+    return make(*config["input_shape"]), make(*weight_shape), (make(out_channels) if config["bias"] else None)
+
+
 @dataclass(frozen=True)
 class SweepResult:
     """One configuration of a sweep and how far convbook is from PyTorch and from the exact answer.
 
     ``errors``: convbook against PyTorch in the same dtype (what :func:`convbook.compare.compare`
     measures). ``errors_to_exact`` and ``torch_errors_to_exact``: convbook's and PyTorch's results
-    against the *exact* answer, PyTorch's float64 computation on the very same operands rounded to
-    the sweep's dtype (in float64 the exact answer is PyTorch's own result).
+    against the *exact* answer, PyTorch's float64 (complex128 for complex dtypes) computation on the
+    very same operands rounded to the sweep's dtype (in float64 and complex128 the exact answer is
+    PyTorch's own result). For integer dtypes only the output is compared.
     """
 
     config: Config
@@ -163,12 +197,14 @@ class SweepResult:
 def run_sweep(op: str, count: int, dtype: torch.dtype = torch.float64, seed: int = 0,
               check: bool = True) -> list[SweepResult]:
     """Compare convbook with PyTorch on ``count`` random configurations of ``op``, forward and the
-    three gradients, with seeded unit-normal input, weight, bias and ``grad_output``.
+    three gradients (the forward only for integer dtypes), with seeded unit-normal input, weight,
+    bias and ``grad_output`` (integers in -3..3 for integer dtypes).
 
     With ``check``, every tensor of convbook must pass ``torch.testing.assert_close`` against the
-    exact answer at the book's tolerance :data:`convbook.metrics.TOLERANCE` for ``dtype``: in
-    float64 against PyTorch's result, in float32 against PyTorch's float64 result on the same
-    operands. The AssertionError names the configuration and the tensor.
+    exact answer at the book's tolerance :func:`tolerance` for ``dtype``: in float64 and complex128
+    against PyTorch's result, in the other dtypes against PyTorch's float64 (complex128) result on
+    the same operands, rounded to ``dtype``; integers exactly. The AssertionError names the
+    configuration and the tensor.
     """
     with quiet_same_padding():
         return [compare_config(op, config, dtype, seed + number, check)
@@ -180,17 +216,21 @@ def compare_config(op: str, config: Config, dtype: torch.dtype = torch.float64, 
     """One configuration of :func:`run_sweep`: operands drawn from ``seed``, ``grad_output`` from ``seed + 1``."""
     ours, theirs = OPS[op]
     kwargs = config["kwargs"]
-    input, weight, bias = operands(op, config["input_shape"], config["weight_shape"], config["bias"], dtype,
-                                   seed=seed, groups=kwargs["groups"])
-    generator = torch.Generator().manual_seed(seed + 1)     # as convbook.compare.run_both draws it
-    grad_output = torch.randn(theirs(input, weight, bias, **kwargs).shape, generator=generator, dtype=dtype)
-    mine, reference = (results(fn, input, weight, bias, grad_output, **kwargs) for fn in (ours, theirs))
-    exact = results(theirs, *(None if t is None else t.double() for t in (input, weight, bias, grad_output)),
-                    **kwargs)
+    input, weight, bias = sweep_operands(op, config, dtype, seed)
+    if is_integer(dtype):                                   # no gradients: the output only
+        mine, reference = ({"output": fn(input, weight, bias, **kwargs)} for fn in (ours, theirs))
+        wide = (None if t is None else t.to(exact_dtype(dtype)) for t in (input, weight, bias))
+        exact = {"output": theirs(*wide, **kwargs)}
+    else:
+        generator = torch.Generator().manual_seed(seed + 1)     # as convbook.compare.run_both draws it
+        grad_output = torch.randn(theirs(input, weight, bias, **kwargs).shape, generator=generator, dtype=dtype)
+        mine, reference = (results(fn, input, weight, bias, grad_output, **kwargs) for fn in (ours, theirs))
+        exact = results(theirs, *(None if t is None else t.to(exact_dtype(dtype))
+                                  for t in (input, weight, bias, grad_output)), **kwargs)
     exact = {field: tensor.to(dtype) for field, tensor in exact.items()}
     if check:
         for field in mine:
-            torch.testing.assert_close(mine[field], exact[field], **TOLERANCE[dtype],
+            torch.testing.assert_close(mine[field], exact[field], **tolerance(dtype),
                                        msg=lambda message, f=field: f"{op} {f} of {config}: {message}")
     measure = lambda actual, expected: {f: errors(actual[f], expected[f]) for f in mine}  # noqa: E731
     return SweepResult(config, measure(mine, reference), measure(mine, exact), measure(reference, exact))
