@@ -28,7 +28,7 @@ class Errors:
 
 def errors(actual: torch.Tensor, expected: torch.Tensor) -> Errors:
     """The four error measures of ``actual`` against ``expected``, computed in float64
-    (complex128 for complex tensors: |a − e| is then the modulus of the complex difference)."""
+    (complex128 for complex tensors: ``|a − e|`` is then the modulus of the complex difference)."""
     if actual.shape != expected.shape:
         raise ValueError(f"shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}")
     if expected.numel() == 0:
