@@ -15,6 +15,9 @@ Strategies (``name: equation``):
 * ``shifted`` -- no column matrix: the padded input, split into s² phase planes and flattened,
   is multiplied once per tap at a constant offset:
   ``Y[g] += W[g,:,:,u,v] · P_{du mod s}[g][:, off(u,v) + ·]`` with ``off = ⌊du/s⌋·R + ⌊dv/s⌋``.
+* ``row_shifted`` -- im2col along the rows only: the k_w column taps copied,
+  ``X_a[(c,v),(n,r,j)] = x_pad[n,c, s_h·r + a, s_w·j + d_w·v]``, and the k_h row taps stacked into one
+  product whose shifted parts are summed: ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
 * ``depthwise`` -- one input channel per group: a multiply-accumulate over the k_h·k_w shifted
   views, ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
@@ -104,6 +107,39 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
     return phase_of, rows, cols
 
 
+def _row_phases(geometry: Geometry) -> dict[int, list[int]]:
+    """{row phase a: the row taps u with d_h·u ≡ a (mod s_h)}; within a phase, consecutive taps'
+    offsets ⌊d_h·u/s_h⌋ are equally spaced."""
+    (kh, sh, dh), phases = (geometry.kernel_size[0], geometry.stride[0], geometry.dilation[0]), {}
+    for u in range(kh):
+        phases.setdefault(dh * u % sh, []).append(u)
+    return phases
+
+
+def _row_planes(x: torch.Tensor, geometry: Geometry, name: str):
+    """The input's column windows copied (im2col along the rows only), row phases kept apart:
+
+        rows[a][(c, v), n·R·W_out + r·W_out + j] = x_pad[n, c, s_h·r + a, s_w·j + d_w·v]
+
+    for the row phases a = d_h·u mod s_h that some tap reads, R = H_out + max ⌊d_h·u/s_h⌋. Row tap u
+    of output (n, i, j) is then column ``n·R·W_out + i·W_out + j + ⌊d_h·u/s_h⌋·W_out`` of its phase:
+    a constant offset per row tap. Returns ({phase: (C·k_w, N·R·W_out) matrix}, R). One padded
+    copy of x (reading R rows per phase), then one strided copy per phase.
+    """
+    n, c = x.shape[:2]
+    (kh, kw), (sh, sw), dw = geometry.kernel_size, geometry.stride, geometry.dilation[1]
+    (rows_out, cols_out), phases = geometry.output_size, _row_phases(geometry)
+    rows = rows_out + geometry.dilation[0] * (kh - 1) // sh
+    padded = _padded(x, geometry, "padded", (max(geometry.extent()[0], sh * (rows - 1) + max(phases) + 1),
+                                              geometry.extent()[1]))
+    sn, sc, srow, scol = padded.stride()
+    planes = workspace.buffer(name, (len(phases), c, kw, n, rows, cols_out), x.dtype, x.device)
+    for index, a in enumerate(phases):
+        planes[index].copy_(padded.as_strided((c, kw, n, rows, cols_out), (sc, dw * scol, sn, sh * srow, sw * scol),
+                                              padded.storage_offset() + a * srow))
+    return {a: planes[index].view(c * kw, -1) for index, a in enumerate(phases)}, rows
+
+
 def _frame(target: torch.Tensor, window: tuple[int, int, int, int], source: Callable[[], torch.Tensor]) -> None:
     """``target[..., r0:r1, q0:q1] = source()`` and zeros around it (only the border is zeroed:
     the strips are small, so they cost no pass over the buffer)."""
@@ -118,9 +154,10 @@ def _frame(target: torch.Tensor, window: tuple[int, int, int, int], source: Call
     target[..., r0:r1, q0:q1].copy_(source())
 
 
-def _padded(x: torch.Tensor, geometry: Geometry, name: str) -> torch.Tensor:
-    """x padded (or cropped) to the extent its windows read, in a reused buffer (NCHW)."""
-    (top, left), (rows, cols) = geometry.padding, geometry.extent()
+def _padded(x: torch.Tensor, geometry: Geometry, name: str, extent: tuple[int, int] | None = None) -> torch.Tensor:
+    """x padded (or cropped) to the extent its windows read (or ``extent`` rows and columns), in a
+    reused buffer (NCHW)."""
+    (top, left), (rows, cols) = geometry.padding, extent or geometry.extent()
     n, c, height, width = x.shape
     if (top, left) == (0, 0) and (rows, cols) == (height, width):
         return x
@@ -227,6 +264,45 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry)
             _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
     y = out.as_strided((g * og, n, rows_out, cols_out), (span, rows * cols, cols, 1))
     return y.transpose(0, 1).clone(memory_format=torch.contiguous_format)   # never a view of the buffer
+
+
+def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Row-shifted products: ``Z[g,u] = W[g,:,:,u,:] · X_{du mod s_h}[g]`` for all row taps u of a phase
+    in one product, then ``Y[g] = Σ_u Z[g,u][:, ⌊du/s_h⌋·W_out + ·]``, with the column-tap matrices
+    ``X_a[(c,v), (n,r,j)] = x_pad[n, c, s_h·r + a, s_w·j + d_w·v]`` (:func:`_row_planes`).
+
+    Halfway between im2col and shifted: only the k_w column taps are copied (a matrix k_w times
+    the input, not k_h·k_w times), and each row tap is a constant column offset into it. The row
+    taps are stacked into the rows of one (k_h·O_g × C_g·k_w) by (C_g·k_w × L') product, which
+    reads the column matrix once, and the shifted partial results are summed by one reduction
+    over a strided view that also drops the rows straddling two images. In chunks of images
+    (:func:`_blocks`).
+    """
+    g, og, cg = _split(geometry, weight)
+    n, (kh, kw), sh, dh = x.shape[0], geometry.kernel_size, geometry.stride[0], geometry.dilation[0]
+    (rows_out, cols_out), phases = geometry.output_size, _row_phases(geometry)
+    rows = rows_out + dh * (kh - 1) // sh
+    grouped = weight.reshape(g, og, cg, kh, kw)
+    stacked = {a: grouped[:, :, :, taps].permute(0, 3, 1, 2, 4).reshape(g, len(taps) * og, cg * kw)
+               for a, taps in phases.items()}
+    y = x.new_empty(n, g * og, rows_out, cols_out)
+    per_image = rows * cols_out * max(len(phases) * kw * x.shape[1], kh * g * og)
+    for n0, n1, _, _ in _blocks(n, 1, per_image, x.numel(), y.numel(), weight.numel()):
+        planes, _ = _row_planes(x[n0:n1], geometry, "planes")
+        nb, width, target = n1 - n0, (n1 - n0) * rows * cols_out, y[n0:n1].view(n1 - n0, g, og, rows_out, cols_out)
+        for index, (a, taps) in enumerate(phases.items()):
+            products = workspace.buffer("product", (g, len(taps), og, width), x.dtype, x.device)
+            _multiply(products.view(g, -1, width), stacked[a], planes[a].view(g, cg * kw, width), accumulate=False)
+            first, step = dh * taps[0] // sh, (dh * (taps[1] - taps[0]) // sh if len(taps) > 1 else 0)
+            shifted = products.as_strided(     # [t, n, g, o, i, j] = products[g, t, o, n·R·W + (i + first + t·step)·W + j]
+                (len(taps), nb, g, og, rows_out, cols_out),
+                (og * width + step * cols_out, rows * cols_out, len(taps) * og * width, width, cols_out, 1),
+                products.storage_offset() + first * cols_out)
+            if index == 0:
+                torch.sum(shifted, 0, out=target)
+            else:
+                target += shifted.sum(0)
+    return y
 
 
 def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -402,6 +478,33 @@ def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometr
     return grad.permute(2, 3, 4, 0, 1).reshape(o, cg, kh, kw)
 
 
+def correlate_weight_row_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+    """Row-shifted products: ``W[g,:,:,u,:] = Σ_chunks Y_u[g] · X_{du mod s_h}[g]ᵀ`` with the column-tap
+    matrices X_a of :func:`_row_planes` and ``Y_u[o, (n,r,j)] = y[n, o, r − ⌊du/s_h⌋, j]`` -- y laid
+    out on their (n, r, j) grid, shifted down by the row tap's offset, zeros elsewhere. The row taps
+    of a phase are stacked into the rows of one (k_h·O_g × L') by (L' × C_g·k_w) product, which
+    contracts batch and positions at once and reads the column matrix once. In chunks of images."""
+    g, (kh, kw), sh, dh = geometry.groups, geometry.kernel_size, geometry.stride[0], geometry.dilation[0]
+    (rows_out, cols_out), phases = geometry.output_size, _row_phases(geometry)
+    n, o, c = x.shape[0], y.shape[1], x.shape[1]
+    og, cg, rows = o // g, c // g, rows_out + dh * (kh - 1) // sh
+    grads = {a: x.new_empty(g, len(taps) * og, cg * kw) for a, taps in phases.items()}
+    per_image = rows * cols_out * max(len(phases) * kw * c, kh * o)
+    for index, (n0, n1, _, _) in enumerate(_blocks(n, 1, per_image, x.numel(), y.numel(), o * cg * kh * kw)):
+        planes, _ = _row_planes(x[n0:n1], geometry, "planes")
+        width, y_cm = (n1 - n0) * rows * cols_out, y[n0:n1].transpose(0, 1).unflatten(0, (g, og))
+        for a, taps in phases.items():
+            spread = workspace.buffer("product", (g, len(taps), og, n1 - n0, rows, cols_out), x.dtype, x.device)
+            for t, u in enumerate(taps):
+                _frame(spread[:, t], (dh * u // sh, dh * u // sh + rows_out, 0, cols_out), lambda: y_cm)
+            _multiply(grads[a], spread.view(g, -1, width), planes[a].view(g, cg * kw, width).transpose(1, 2),
+                      accumulate=index > 0)
+    grad = x.new_empty(g, og, cg, kh, kw)
+    for a, taps in phases.items():
+        grad[:, :, :, taps] = grads[a].view(g, len(taps), og, cg, kw).permute(0, 2, 3, 1, 4)
+    return grad.view(o, cg, kh, kw)
+
+
 # --------------------------------------------------------------------------------------------
 # The registry, the dispatcher and the override
 # --------------------------------------------------------------------------------------------
@@ -420,6 +523,7 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "im2col": (partial(correlate_im2col, fold_batch=False), _always),
         "im2col_folded": (partial(correlate_im2col, fold_batch=True), _always),
         "shifted": (correlate_shifted, _always),
+        "row_shifted": (correlate_row_shifted, _always),
         "depthwise": (correlate_depthwise, _depthwise),
     },
     "correlate_transpose": {
@@ -432,6 +536,7 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "plain": (kernels.correlate_weight_plain, _always),
         "im2col": (correlate_weight_im2col, _always),
         "shifted": (correlate_weight_shifted, _always),
+        "row_shifted": (correlate_weight_row_shifted, _always),
     },
 }
 """contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}."""
@@ -479,7 +584,11 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
     columns_fit = in_channels * kh * kw * positions <= COLUMN_BUDGET * largest
     if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
         return "depthwise", "depthwise: nothing to contract over channels, a multiply-accumulate per tap"
+    large_kernel = kh * kw >= 25 and sh == 1
+    why_rows = "large kernel: k_w column taps copied, the k_h row taps stacked into one deep product"
     if contraction == "correlate":
+        if large_kernel:
+            return "row_shifted", why_rows
         if g > 1:
             return "shifted", "grouped: k² shifted products per group, no column matrix"
         if positions < 256:
@@ -491,6 +600,8 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
                    else "few input channels" if cg < 16 else "small image")
             return "col2im", why + ": one product Wᵀ·y with a wide output, then strided tap additions"
         return "phase", "stride² stride-1 correlations of y with sub-kernels, each by the forward dispatcher"
+    if large_kernel:
+        return "row_shifted", why_rows
     if not columns_fit or ((sh, sw) == (1, 1) and cg >= 16 and positions >= 256 and kh * kw > 1):
         return "shifted", "k² products, each contracting batch and positions at once, no column matrix"
     return "im2col", "one product contracting batch and positions against a copied column matrix"

@@ -92,7 +92,8 @@ def test_no_strategy_runs_a_native_convolution(contraction, name):
 
 
 @pytest.mark.parametrize("contraction,name", [("correlate", "im2col"), ("correlate", "im2col_folded"),
-                                               ("correlate_weight", "im2col"), ("correlate_transpose", "col2im")])
+                                               ("correlate_weight", "im2col"), ("correlate_transpose", "col2im"),
+                                               ("correlate", "row_shifted"), ("correlate_weight", "row_shifted")])
 def test_im2col_works_in_bands_of_rows_when_one_image_exceeds_the_column_budget(contraction, name, monkeypatch):
     monkeypatch.setattr(strategies, "COLUMN_BUDGET", 0)
     with strategies.forced(**{contraction: name}):
@@ -123,6 +124,8 @@ def test_the_dispatcher_picks_by_shape():
     assert convbook.explain("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1)["forward"][0] == "im2col_folded"
     assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8)["forward"][0] == "shifted"
     assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "im2col"
+    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 7, 7), padding=3)["forward"][0] == "row_shifted"
+    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 11, 11), padding=5)["grad_weight"][0] == "row_shifted"
     assert convbook.explain("conv_transpose2d", (8, 64, 56, 56), (64, 32, 2, 2), stride=2)["forward"][0] == "col2im"
     assert convbook.explain("conv2d", (0, 3, 5, 5), (2, 3, 3, 3))["forward"][0] == "plain"
 
