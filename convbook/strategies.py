@@ -602,6 +602,8 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
         return "phase", "stride² stride-1 correlations of y with sub-kernels, each by the forward dispatcher"
     if large_kernel:
         return "row_shifted", why_rows
+    if g > 1:
+        return "shifted", "grouped: k² products per group, each contracting batch and positions at once"
     if not columns_fit or ((sh, sw) == (1, 1) and cg >= 16 and positions >= 256 and kh * kw > 1):
         return "shifted", "k² products, each contracting batch and positions at once, no column matrix"
     return "im2col", "one product contracting batch and positions against a copied column matrix"
