@@ -30,6 +30,9 @@ def test_every_chapter_installs_convbook_only_when_missing(notebook):
     cells = json.loads(notebook.read_text())["cells"]
     first_code = next("".join(c["source"]) for c in cells if c["cell_type"] == "code")
     assert "import convbook" in first_code and "except ImportError" in first_code
+    # What it installs is the repository the site's Colab links point at.
+    repository = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text(), re.M).group(1)
+    assert f'"git+{repository}"' in first_code, (notebook.name, repository)
     assert "sys.path" not in "".join("".join(c["source"]) for c in cells)
 
 

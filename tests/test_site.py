@@ -60,6 +60,15 @@ async () => {
     const box = p.getBoundingClientRect();
     return box.width > 0 && (box.right > width + 0.5 || box.width > width) && !inScrollBox(p);
   }).map(p => p.textContent.trim().slice(0, 80));
+  // Display equations that do not fit their column (they would have to scroll) or run into their number.
+  const wideEquations = Array.from(document.querySelectorAll('.bd-article div.math')).filter(box => {
+    const container = box.querySelector('mjx-container'), math = box.querySelector('mjx-container > mjx-math');
+    if (!container || !math) return false;
+    const column = box.getBoundingClientRect(), formula = math.getBoundingClientRect();
+    const number = box.querySelector('.eqno');
+    const limit = number ? number.getBoundingClientRect().left : column.right;
+    return container.scrollWidth > box.clientWidth + 1 || formula.left < column.left - 1 || formula.right > limit + 1;
+  }).map(box => `${box.id || 'unlabelled'}: ${box.textContent.trim().slice(0, 60)}`);
   return {
     title: document.title,
     favicon: (document.querySelector('link[rel="icon"]') || {href: ''}).href,
@@ -72,7 +81,7 @@ async () => {
     untypeset, brokenImages,
     proseText: prose.textContent,
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
-    scrollWidth: document.scrollingElement.scrollWidth, viewportWidth: width, wideParagraphs,
+    scrollWidth: document.scrollingElement.scrollWidth, viewportWidth: width, wideParagraphs, wideEquations,
   };
 }
 """
@@ -266,6 +275,14 @@ def test_phone_width_pages_do_not_scroll_sideways(visits):
 def test_phone_width_paragraphs_fit_the_screen(visits):
     problems = {v.page: v.probe["wideParagraphs"] for v in visits if v.viewport == "phone"}
     assert not any(problems.values()), "paragraphs wider than the phone screen:\n" + _report(problems)
+
+
+def test_desktop_display_equations_fit_the_text_column(visits):
+    # On a phone a long equation scrolls inside its own box; on a desktop none should need to, and none may
+    # run into its equation number.
+    problems = {v.page: v.probe["wideEquations"] for v in visits if v.viewport == "desktop"}
+    assert not any(problems.values()), \
+        "display equations wider than the desktop text column or overlapping their number:\n" + _report(problems)
 
 
 def test_every_page_has_a_screenshot_at_both_widths(visits):
