@@ -274,9 +274,9 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
     Halfway between im2col and shifted: only the k_w column taps are copied (a matrix k_w times
     the input, not k_h·k_w times), and each row tap is a constant column offset into it. The row
     taps are stacked into the rows of one (k_h·O_g × C_g·k_w) by (C_g·k_w × L') product, which
-    reads the column matrix once, and the shifted partial results are summed by one reduction
-    over a strided view that also drops the rows straddling two images. In chunks of images
-    (:func:`_blocks`).
+    reads the column matrix once, and the shifted partial results are added up through strided
+    views that also drop the rows straddling two images (k_h additions: a reduction over the
+    strided tap dimension runs slower). In chunks of images (:func:`_blocks`).
     """
     g, og, cg = _split(geometry, weight)
     n, (kh, kw), sh, dh = x.shape[0], geometry.kernel_size, geometry.stride[0], geometry.dilation[0]
@@ -298,10 +298,11 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
                 (len(taps), nb, g, og, rows_out, cols_out),
                 (og * width + step * cols_out, rows * cols_out, len(taps) * og * width, width, cols_out, 1),
                 products.storage_offset() + first * cols_out)
-            if index == 0:
-                torch.sum(shifted, 0, out=target)
-            else:
-                target += shifted.sum(0)
+            for t in range(len(taps)):
+                if index == 0 and t == 0:
+                    target.copy_(shifted[0])
+                else:
+                    target += shifted[t]
     return y
 
 
