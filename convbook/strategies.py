@@ -17,7 +17,8 @@ Strategies (``name: equation``):
   ``Y[g] += W[g,:,:,u,v] · P_{du mod s}[g][:, off(u,v) + ·]`` with ``off = ⌊du/s⌋·R + ⌊dv/s⌋``.
 * ``row_shifted`` -- im2col along the rows only: the k_w column taps copied,
   ``X_a[(c,v),(n,r,j)] = x_pad[n,c, s_h·r + a, s_w·j + d_w·v]``, and the k_h row taps stacked into one
-  product whose shifted parts are summed: ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
+  product whose shifted parts are added up:
+  ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
 * ``depthwise`` -- one input channel per group: a multiply-accumulate over the k_h·k_w shifted
   views, ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
@@ -294,7 +295,8 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
             products = workspace.buffer("product", (g, len(taps), og, width), x.dtype, x.device)
             _multiply(products.view(g, -1, width), stacked[a], planes[a].view(g, cg * kw, width), accumulate=False)
             first, step = dh * taps[0] // sh, (dh * (taps[1] - taps[0]) // sh if len(taps) > 1 else 0)
-            shifted = products.as_strided(     # [t, n, g, o, i, j] = products[g, t, o, n·R·W + (i + first + t·step)·W + j]
+            # shifted[t, n, g, o, i, j] = products[g, t, o, n·R·W + (i + first + t·step)·W + j]
+            shifted = products.as_strided(
                 (len(taps), nb, g, og, rows_out, cols_out),
                 (og * width + step * cols_out, rows * cols_out, len(taps) * og * width, width, cols_out, 1),
                 products.storage_offset() + first * cols_out)
