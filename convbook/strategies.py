@@ -19,8 +19,9 @@ Strategies (``name: equation``):
   ``X_a[(c,v),(n,r,j)] = x_pad[n,c, s_h·r + a, s_w·j + d_w·v]``, and the k_h row taps stacked into one
   product whose shifted parts are added up:
   ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
-* ``depthwise`` -- one input channel per group: a multiply-accumulate over the k_h·k_w shifted
-  views, ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``.
+* ``depthwise`` -- one input channel per group: a multiply-accumulate per tap on the flattened
+  phase planes (as in ``shifted``), block of channels by block,
+  ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
   rows ``s·i + d·u − p`` of the image (only the rows that land inside it).
 * ``phase`` (adjoint) -- the sub-pixel decomposition: output rows ``h + p ≡ r (mod s)`` receive
@@ -313,18 +314,38 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
     return y
 
 
+DEPTHWISE_BLOCK = 1 << 18
+"""Elements of phase plane per block of channels in :func:`correlate_depthwise` (1 MiB of float32):
+a block's planes and partial sums stay in the cache through all k_h·k_w passes."""
+
+
 def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Depthwise (one input and one output channel per group): k_h·k_w multiply-accumulates,
-    ``y[n,c] = Σ_{u,v} w[c,0,u,v] · x_pad[n, c, s·i + d·u, s·j + d·v]`` -- no product has
-    anything to contract, so elementwise passes over the shifted views are the whole work."""
-    (kh, kw), c = geometry.kernel_size, x.shape[1]
-    patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
-    w = weight.reshape(1, c, kh, kw, 1, 1)
-    y = torch.mul(patches[..., 0, 0], w[:, :, 0, 0])
-    for u in range(kh):
-        for v in range(kw):
-            if (u, v) != (0, 0):
-                y.addcmul_(patches[..., u, v], w[:, :, u, v])
+    ``y[c] = Σ_{u,v} w[c,0,u,v] · P_{(du mod s_h, dv mod s_w)}[c][off(u,v) : off(u,v) + L']`` on the
+    flattened phase planes of :func:`_phase_planes` -- no product has anything to contract, so
+    elementwise passes are the whole work. On the planes each pass runs over one long row per
+    channel (not the short rows of a window view), and the passes go block of channels by block
+    (:data:`DEPTHWISE_BLOCK`), so that each block is read from the cache after its first pass."""
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    n, c, (rows_out, cols_out) = x.shape[0], x.shape[1], geometry.output_size
+    planes, rows, cols = _phase_planes(x, geometry, "planes")
+    span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    taps = weight.reshape(c, kh * kw, 1)
+    y = x.new_empty(n, c, rows_out, cols_out)
+    step = max(1, DEPTHWISE_BLOCK // (n * rows * cols))
+    for c0 in range(0, c, step):
+        c1 = min(c, c0 + step)
+        out = workspace.buffer("product", (c1 - c0, span), x.dtype, x.device)
+        for u in range(kh):
+            for v in range(kw):
+                offset = (dh * u // sh) * cols + dw * v // sw
+                source = planes[dh * u % sh, dw * v % sw][c0:c1, offset: offset + span]
+                if (u, v) == (0, 0):
+                    torch.mul(source, taps[c0:c1, 0], out=out)
+                else:
+                    out.addcmul_(source, taps[c0:c1, u * kw + v])
+        y[:, c0:c1].copy_(out.as_strided((c1 - c0, n, rows_out, cols_out), (span, rows * cols, cols, 1))
+                          .transpose(0, 1))
     return y
 
 

@@ -100,6 +100,12 @@ def test_im2col_works_in_bands_of_rows_when_one_image_exceeds_the_column_budget(
         check_against_torch("conv2d", (2, 3, 11, 10), (4, 3, 5, 3), padding=(2, 1), stride=(1, 2))
 
 
+def test_depthwise_works_block_of_channels_by_block(monkeypatch):
+    monkeypatch.setattr(strategies, "DEPTHWISE_BLOCK", 1)
+    with strategies.forced("depthwise"):
+        check_against_torch("conv2d", (2, 4, 7, 6), (4, 1, 3, 3), groups=4, padding=1, stride=(1, 2), dilation=(2, 1))
+
+
 def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
     for op, input_shape, weight_shape, kwargs in CASES.values():
         explained = convbook.explain(op, input_shape, weight_shape, **kwargs)
