@@ -176,9 +176,9 @@ extra memory that still leaves few, large products (each product is a parallel r
 regions matter on a busy machine)."""
 
 COLUMN_LIMIT = 1 << 22
-"""...and at most this many elements (16 MiB of float32), whatever the operands: a block of columns
-that its product reads back while it is still in the cache runs markedly faster than one larger
-block (on the benchmark's ResNet layers, 10-30 % less time for the whole forward)."""
+"""...and at most this many elements (16 MiB of float32), whatever the operands: on the large layers
+of the benchmark this lowers the peak memory of a training step (56×56 ResNet layers: from about 2.1
+to 1.9 times PyTorch's) with no measurable change in time."""
 
 
 def _blocks(batch: int, rows: int, per_image: int, *sizes: int):
