@@ -69,6 +69,9 @@ async () => {
     const limit = number ? number.getBoundingClientRect().left : column.right;
     return container.scrollWidth > box.clientWidth + 1 || formula.left < column.left - 1 || formula.right > limit + 1;
   }).map(box => `${box.id || 'unlabelled'}: ${box.textContent.trim().slice(0, 60)}`);
+  // A backslash in typeset math is TeX that MathJax printed instead of interpreting (e.g. \\_ inside \\texttt).
+  const texInMath = Array.from(document.querySelectorAll('.bd-article mjx-container'))
+                         .map(node => node.textContent).filter(text => text.includes('\\\\')).map(text => text.slice(0, 80));
   return {
     title: document.title,
     favicon: (document.querySelector('link[rel="icon"]') || {href: ''}).href,
@@ -81,7 +84,7 @@ async () => {
     untypeset, brokenImages,
     proseText: prose.textContent,
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
-    scrollWidth: document.scrollingElement.scrollWidth, viewportWidth: width, wideParagraphs, wideEquations,
+    scrollWidth: document.scrollingElement.scrollWidth, viewportWidth: width, wideParagraphs, wideEquations, texInMath,
   };
 }
 """
@@ -222,6 +225,11 @@ def test_math_is_typeset_on_every_page_that_has_math(visits):
 def test_no_raw_tex_is_left_in_the_text(visits):
     problems = {f"{v.page} [{v.viewport}]": [tex for tex in RAW_TEX if tex in v.probe["proseText"]] for v in visits}
     assert not any(problems.values()), "raw TeX in the page text:\n" + _report(problems)
+
+
+def test_typeset_math_shows_no_tex_backslash(visits):
+    problems = {f"{v.page} [{v.viewport}]": v.probe["texInMath"] for v in visits}
+    assert not any(problems.values()), "TeX printed literally inside typeset math:\n" + _report(problems)
 
 
 def test_every_image_loads(visits):
