@@ -33,7 +33,8 @@ def _read(x, n, c, h, w):
 
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, padding_after=None):
     """Eq. (2.1), one output element at a time:
-    ``y[n,o,i,j] = b[o] + Σ_{c,u,v} w[o,c,u,v] · x[n, g(o)·C_g + c, s·i + d·u − p, s·j + d·v − p]``.
+    ``y[n,o,i,j] = b[o] + Σ_{c,u,v} w[o,c,u,v] · x̃[n, κ(o,c), s·i + d·u − p, s·j + d·v − p]``,
+    with κ(o,c) = γ(o)·C_in/g + c the input channel and x̃ the zero-extended input.
     ``padding_after`` (default: = padding) allows the asymmetric split of ``'same'``."""
     n_batch, _, height, width = x.shape
     out_channels, group_channels, kh, kw = weight.shape
@@ -87,7 +88,7 @@ def conv2d_grad_bias(grad_output):
 
 def conv2d_grad_weight(grad_output, x, weight_shape, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
     """Eq. (3.3), one weight element at a time:
-    ``∂L/∂w[o,c,u,v] = Σ_{n,i,j} G[n,o,i,j] · x[n, g(o)·C_g + c, s·i + d·u − p, s·j + d·v − p]``."""
+    ``∂L/∂w[o,c,u,v] = Σ_{n,i,j} G[n,o,i,j] · x̃[n, κ(o,c), s·i + d·u − p, s·j + d·v − p]``."""
     out_channels, group_channels, kh, kw = weight_shape
     n_batch, _, rows, cols = grad_output.shape
     per_group = out_channels // groups

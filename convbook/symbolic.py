@@ -194,8 +194,8 @@ def zero_insert(grad_output, stride: Pair):
 
 
 def flipped_weight(weight, groups: int):
-    """w'[g·C_g + c, o, u, v] = w[g·O_g + o, c, k_h − 1 − u, k_w − 1 − v]: the kernel rotated by 180°
-    and, within each group, input and output channels exchanged."""
+    """w'[γ·C_in/g + c, o, u, v] = w[γ·C_out/g + o, c, k_H − 1 − u, k_W − 1 − v] for each group γ: the
+    kernel rotated by 180° and, within each group, input and output channels exchanged."""
     out_channels, group_channels, kh, kw = weight.shape
     per_group = out_channels // groups
     flipped = reference.zeros(weight, (group_channels * groups, per_group, kh, kw))
