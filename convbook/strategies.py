@@ -21,7 +21,8 @@ Strategies (``name: equation``):
   ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
 * ``depthwise`` -- one input channel per group: a multiply-accumulate per tap on the flattened
   phase planes (as in ``shifted``), block of channels by block,
-  ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``.
+  ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``; its weight gradient is ``shifted``
+  with O_g = C_g = 1 (a dot product per channel and tap), run block of channels by block.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
   rows ``s·i + d·u − p`` of the image (only the rows that land inside it).
 * ``phase`` (adjoint) -- the sub-pixel decomposition: output rows ``h + p ≡ r (mod s)`` receive
@@ -484,11 +485,13 @@ def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry
     return grad.view(o, cg, kh, kw)
 
 
-def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry, blocked: bool) -> torch.Tensor:
     """Shifted products: ``W[g,:,:,u,v] = Y[g] · P_(du mod s_h, dv mod s_w)[g][:, off(u,v) : off(u,v) + L']ᵀ``,
     with y laid out on the planes' grid (zeros where a flattened column wraps a row end), so
     each tap is one product contracting batch and positions together, and no column matrix
-    is built."""
+    is built. ``blocked`` (depthwise layers, where each product is one dot product per channel
+    and the passes are memory-bound) runs all taps block of groups by block
+    (:data:`DEPTHWISE_BLOCK`), so that each block is read from the cache after its first tap."""
     g, (kh, kw), (sh, sw), (dh, dw) = geometry.groups, geometry.kernel_size, geometry.stride, geometry.dilation
     rows_out, cols_out = geometry.output_size
     n, o, c = x.shape[0], y.shape[1], x.shape[1]
@@ -499,11 +502,14 @@ def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometr
     _frame(spread, (0, rows_out, 0, cols_out), lambda: y.transpose(0, 1))
     spread = spread.view(g, og, -1)[:, :, :span]
     grad = x.new_empty(kh, kw, g, og, cg)
-    for u in range(kh):
-        for v in range(kw):
-            offset = (dh * u // sh) * cols + dw * v // sw
-            source = planes[dh * u % sh, dw * v % sw].view(g, cg, -1)[:, :, offset: offset + span]
-            _multiply(grad[u, v], spread, source.transpose(1, 2), accumulate=False)
+    step = max(1, DEPTHWISE_BLOCK // (cg * n * rows * cols)) if blocked else g
+    for g0 in range(0, g, step):
+        g1 = min(g, g0 + step)
+        for u in range(kh):
+            for v in range(kw):
+                offset = (dh * u // sh) * cols + dw * v // sw
+                source = planes[dh * u % sh, dw * v % sw].view(g, cg, -1)[g0:g1, :, offset: offset + span]
+                _multiply(grad[u, v, g0:g1], spread[g0:g1], source.transpose(1, 2), accumulate=False)
     return grad.permute(2, 3, 4, 0, 1).reshape(o, cg, kh, kw)
 
 
@@ -564,8 +570,9 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
     "correlate_weight": {
         "plain": (kernels.correlate_weight_plain, _always),
         "im2col": (correlate_weight_im2col, _always),
-        "shifted": (correlate_weight_shifted, _always),
+        "shifted": (partial(correlate_weight_shifted, blocked=False), _always),
         "row_shifted": (correlate_weight_row_shifted, _always),
+        "depthwise": (partial(correlate_weight_shifted, blocked=True), _depthwise),
     },
 }
 """contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}."""
@@ -631,6 +638,8 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
         return "phase", "stride² stride-1 correlations of y with sub-kernels, each by the forward dispatcher"
     if large_kernel:
         return "row_shifted", why_rows
+    if _depthwise(g, in_channels, out_channels):
+        return "depthwise", "depthwise: k² dot products per channel, block of channels by block (cache-resident)"
     if g > 1:
         return "shifted", "grouped: k² products per group, each contracting batch and positions at once"
     if not columns_fit or ((sh, sw) == (1, 1) and cg >= 16 and positions >= 256 and kh * kw > 1):
