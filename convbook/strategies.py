@@ -143,18 +143,27 @@ def _row_planes(x: torch.Tensor, geometry: Geometry, name: str):
     return {a: planes[index].view(c * kw, -1) for index, a in enumerate(phases)}, rows
 
 
+FRAME_ZERO_LIMIT = 1 << 22
+"""A frame of at most this many elements is zeroed whole before its window is copied in: one
+contiguous pass beats the strided fills of its border strips, which touch one short run per image
+row (measured: the frame 2-3× faster on 7×7 to 28×28 maps, a little on 56×56; slower from about
+2²² elements)."""
+
+
 def _frame(target: torch.Tensor, window: tuple[int, int, int, int], source: Callable[[], torch.Tensor]) -> None:
-    """``target[..., r0:r1, q0:q1] = source()`` and zeros around it (only the border is zeroed:
-    the strips are small, so they cost no pass over the buffer)."""
+    """``target[..., r0:r1, q0:q1] = source()`` and zeros around it: the whole target zeroed first
+    when it is small (:data:`FRAME_ZERO_LIMIT`), otherwise only the border strips."""
     r0, r1, q0, q1 = window
-    if r1 == r0 or q1 == q0:
+    empty = r1 == r0 or q1 == q0
+    if empty or target.numel() <= FRAME_ZERO_LIMIT:
         target.zero_()
-        return
-    target[..., :r0, :].zero_()
-    target[..., r1:, :].zero_()
-    target[..., r0:r1, :q0].zero_()
-    target[..., r0:r1, q1:].zero_()
-    target[..., r0:r1, q0:q1].copy_(source())
+    else:
+        target[..., :r0, :].zero_()
+        target[..., r1:, :].zero_()
+        target[..., r0:r1, :q0].zero_()
+        target[..., r0:r1, q1:].zero_()
+    if not empty:
+        target[..., r0:r1, q0:q1].copy_(source())
 
 
 def _padded(x: torch.Tensor, geometry: Geometry, name: str, extent: tuple[int, int] | None = None) -> torch.Tensor:

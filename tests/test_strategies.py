@@ -100,6 +100,14 @@ def test_im2col_works_in_bands_of_rows_when_one_image_exceeds_the_column_budget(
         check_against_torch("conv2d", (2, 3, 11, 10), (4, 3, 5, 3), padding=(2, 1), stride=(1, 2))
 
 
+@pytest.mark.parametrize("name", ["im2col", "shifted", "row_shifted", "depthwise"])
+def test_large_frames_zero_only_their_border(name, monkeypatch):
+    monkeypatch.setattr(strategies, "FRAME_ZERO_LIMIT", 0)
+    with strategies.forced(name):
+        check_against_torch("conv2d", (2, 4, 7, 6), (4, 1 if name == "depthwise" else 4, 3, 3), padding=(2, 1),
+                            stride=(1, 2), groups=4 if name == "depthwise" else 1)
+
+
 def test_depthwise_works_block_of_channels_by_block(monkeypatch):
     monkeypatch.setattr(strategies, "DEPTHWISE_BLOCK", 1)
     with strategies.forced("depthwise"):
