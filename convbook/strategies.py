@@ -110,6 +110,21 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
     return phase_of, rows, cols
 
 
+def _shifted_sources(planes: dict, geometry: Geometry, cols: int, groups: int, span: int) -> list:
+    """[(u, v, S)] for every tap, ``S[γ, c, t] = P_(du mod s_h, dv mod s_w)[γ·C_g + c, off(u,v) + t]``
+    with ``off = ⌊d·u/s_h⌋·Q + ⌊d·v/s_w⌋`` and t < L' = ``span``: each tap's shifted columns of the
+    phase planes of :func:`_phase_planes` as one (g, C_g, L') view (a single ``as_strided``)."""
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
+    sources = []
+    for u in range(kh):
+        for v in range(kw):
+            plane = planes[dh * u % sh, dw * v % sw]
+            per_group, row = plane.shape[0] // groups, plane.stride(0)
+            offset = plane.storage_offset() + (dh * u // sh) * cols + dw * v // sw
+            sources.append((u, v, plane.as_strided((groups, per_group, span), (per_group * row, row, 1), offset)))
+    return sources
+
+
 def _row_phases(geometry: Geometry) -> dict[int, list[int]]:
     """{row phase a: the row taps u with d_h·u ≡ a (mod s_h)}; within a phase, consecutive taps'
     offsets ⌊d_h·u/s_h⌋ are equally spaced."""
@@ -274,11 +289,8 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry)
     span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
     taps = _taps_by_group(weight, g, transpose=False)
     out = workspace.buffer("product", (g, og, span), x.dtype, x.device)
-    for u in range(kh):
-        for v in range(kw):
-            offset = (dh * u // sh) * cols + dw * v // sw
-            source = planes[dh * u % sh, dw * v % sw].view(g, cg, -1)[:, :, offset: offset + span]
-            _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
+    for u, v, source in _shifted_sources(planes, geometry, cols, g, span):
+        _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
     y = out.as_strided((g * og, n, rows_out, cols_out), (span, rows * cols, cols, 1))
     return y.transpose(0, 1).clone(memory_format=torch.contiguous_format)   # never a view of the buffer
 
@@ -512,13 +524,11 @@ def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometr
     spread = spread.view(g, og, -1)[:, :, :span]
     grad = x.new_empty(kh, kw, g, og, cg)
     step = max(1, DEPTHWISE_BLOCK // (cg * n * rows * cols)) if blocked else g
+    sources = [(grad[u, v], source.transpose(1, 2))
+               for u, v, source in _shifted_sources(planes, geometry, cols, g, span)]
     for g0 in range(0, g, step):
-        g1 = min(g, g0 + step)
-        for u in range(kh):
-            for v in range(kw):
-                offset = (dh * u // sh) * cols + dw * v // sw
-                source = planes[dh * u % sh, dw * v % sw].view(g, cg, -1)[g0:g1, :, offset: offset + span]
-                _multiply(grad[u, v, g0:g1], spread[g0:g1], source.transpose(1, 2), accumulate=False)
+        for out, source in sources:
+            _multiply(out[g0: g0 + step], spread[g0: g0 + step], source[g0: g0 + step], accumulate=False)
     return grad.permute(2, 3, 4, 0, 1).reshape(o, cg, kh, kw)
 
 
