@@ -355,17 +355,15 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     taps = weight.reshape(c, kh * kw, 1)
     y = x.new_empty(n, c, rows_out, cols_out)
     step = max(1, DEPTHWISE_BLOCK // (n * rows * cols))
+    sources = _shifted_sources(planes, geometry, cols, c, span)  # one (c, 1, L') view per tap
     for c0 in range(0, c, step):
         c1 = min(c, c0 + step)
         out = workspace.buffer("product", (c1 - c0, span), x.dtype, x.device)
-        for u in range(kh):
-            for v in range(kw):
-                offset = (dh * u // sh) * cols + dw * v // sw
-                source = planes[dh * u % sh, dw * v % sw][c0:c1, offset: offset + span]
-                if (u, v) == (0, 0):
-                    torch.mul(source, taps[c0:c1, 0], out=out)
-                else:
-                    out.addcmul_(source, taps[c0:c1, u * kw + v])
+        for u, v, source in sources:
+            if (u, v) == (0, 0):
+                torch.mul(source[c0:c1, 0], taps[c0:c1, 0], out=out)
+            else:
+                out.addcmul_(source[c0:c1, 0], taps[c0:c1, u * kw + v])
         y[:, c0:c1].copy_(out.as_strided((c1 - c0, n, rows_out, cols_out), (span, rows * cols, cols, 1))
                           .transpose(0, 1))
     return y
