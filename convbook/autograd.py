@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import kernels
+from . import kernels, strategies
 from .index_map import Geometry
 
 WIDER = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64,
@@ -288,16 +288,34 @@ def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> to
     return (_TRACEABLE_CORRELATE_WEIGHT if torch.compiler.is_compiling() else CorrelateWeight).apply(x, y, geometry)
 
 
+def _paired(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weight: torch.Tensor,
+            geometry: Geometry, needed) -> tuple | None:
+    """Both gradients from one pass over grad_output (:func:`strategies.backward_pair`), where that
+    is the same computation as the two Functions: both gradients needed, no graph to record
+    through them (``create_graph`` off, no torch.func transform), real single or double precision,
+    and Python free to step into the kernels (no torch.compile trace, no prototype vmap)."""
+    tensors = (grad_output, layer_input, weight)
+    if not (needed[0] and needed[1]) or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+        return None
+    if any(t.dtype not in (torch.float32, torch.float64) or t.dtype != weight.dtype or _prototype_batched(t)
+           for t in tensors) or torch.compiler.is_compiling():
+        return None
+    return strategies.backward_pair(op, grad_output, layer_input, weight, geometry)
+
+
 def conv2d_grads(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
                  needed=(True, True, True)):
     """(∂L/∂x, ∂L/∂w, ∂L/∂b) of Conv2d from ``grad_output = ∂L/∂y`` (eqs. 3.2-3.4).
 
     For complex tensors these are PyTorch's conjugate Wirtinger gradients: y is holomorphic in x
-    with derivative w, so ∂L/∂x = correlate_transpose(∂L/∂y, w̄) and ∂L/∂w uses x̄.
+    with derivative w, so ∂L/∂x = correlate_transpose(∂L/∂y, w̄) and ∂L/∂w uses x̄. When both are
+    needed and a strategy shares work between them, they are computed together (:func:`_paired`).
     """
     layout = suggested_format(x, weight)
-    grad_x = correlate_transpose(grad_output, weight.conj(), None, geometry) if needed[0] else None
-    grad_weight = correlate_weight(x.conj(), grad_output, geometry) if needed[1] else None
+    grad_x, grad_weight = _paired("conv2d", grad_output, x, weight, geometry, needed) or (None, None)
+    if grad_x is None:
+        grad_x = correlate_transpose(grad_output, weight.conj(), None, geometry) if needed[0] else None
+        grad_weight = correlate_weight(x.conj(), grad_output, geometry) if needed[1] else None
     grad_bias = sum_bias(grad_output) if needed[2] else None
     return (None if grad_x is None else grad_x.contiguous(memory_format=layout),
             None if grad_weight is None else grad_weight.contiguous(memory_format=layout),
@@ -310,8 +328,10 @@ def conv_transpose2d_grads(grad_output: torch.Tensor, y: torch.Tensor, weight: t
     of ``grad_output`` with the same (for complex: conjugated) weight, the weight gradient a
     correlation of ``grad_output`` with the (conjugated) input."""
     layout = suggested_format(y, weight)
-    grad_y = correlate(grad_output, weight.conj(), None, geometry) if needed[0] else None
-    grad_weight = correlate_weight(grad_output, y.conj(), geometry) if needed[1] else None
+    grad_y, grad_weight = _paired("conv_transpose2d", grad_output, y, weight, geometry, needed) or (None, None)
+    if grad_y is None:
+        grad_y = correlate(grad_output, weight.conj(), None, geometry) if needed[0] else None
+        grad_weight = correlate_weight(grad_output, y.conj(), geometry) if needed[1] else None
     grad_bias = sum_bias(grad_output) if needed[2] else None
     return (None if grad_y is None else grad_y.contiguous(memory_format=layout),
             None if grad_weight is None else grad_weight.contiguous(memory_format=layout),

@@ -46,7 +46,9 @@ import torch
 from . import kernels, workspace
 from .index_map import Geometry
 
-CONTRACTIONS = ("correlate", "correlate_transpose", "correlate_weight")
+CONTRACTIONS = ("correlate", "correlate_transpose", "correlate_weight", "correlate_pair")
+"""The three contractions of eqs. (2.1), (3.4), (3.3), and the backward pair: a correlation and
+the weight gradient that reads the same large side, computed together (:func:`backward_pair`)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +242,8 @@ def _multiply(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: b
 # correlate: Conv2d forward (eq. 2.1)
 # --------------------------------------------------------------------------------------------
 
-def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tensor:
+def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, fold_batch: bool,
+                     partner: torch.Tensor | None = None):
     """im2col: ``Y[n,g] = W[g] · X_col[n,g]`` with ``X_col[(c,u,v),(i,j)] = x_pad[c, s·i + d·u, s·j + d·v]``.
 
     The windows are a strided view (:func:`kernels.windows`); copying them into a reused buffer
@@ -248,6 +251,10 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     work is done in blocks of images, or of output rows for large kernels (:func:`_blocks`), so
     the buffer stays within a few times the operands' size. With
     ``fold_batch`` the columns of a chunk are (n, i, j) and one product serves all its images.
+
+    With a ``partner`` b (N, O, H_out, W_out) the same columns also give the weight gradient
+    ``G[g] = Σ_n B[n,g] · X_col[n,g]ᵀ = correlate_weight(x, b)`` (eq. 3.3), and the result is the
+    pair (y, G): the column matrix, the expensive copy, is built once for both products.
     """
     g, og, cg = _split(geometry, weight)
     n, (kh, kw), (rows_out, cols_out) = x.shape[0], geometry.kernel_size, geometry.output_size
@@ -255,6 +262,8 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)       # (N, C, Ho, Wo, kh, kw)
     w = weight.reshape(g, og, k)
     y = x.new_empty(n, g * og, rows_out, cols_out)
+    grad = None if partner is None else x.new_empty(g, og, k)
+    products = 0                                                              # into grad so far
     for n0, n1, r0, r1 in _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), weight.numel()):
         part, nb, band = patches[n0:n1, :, r0:r1], n1 - n0, (r1 - r0) * cols_out
         if fold_batch:
@@ -263,6 +272,10 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
             out = workspace.buffer("product", (g, og, nb * band), x.dtype, x.device)
             torch.bmm(w, cols.view(g, k, nb * band), out=out)
             y[n0:n1, :, r0:r1].copy_(out.view(g * og, nb, r1 - r0, cols_out).transpose(0, 1))
+            if grad is not None:                  # b's block channel-major, like the columns
+                out.view(g * og, nb, r1 - r0, cols_out).copy_(partner[n0:n1, :, r0:r1].transpose(0, 1))
+                _multiply(grad, out, cols.view(g, k, nb * band).transpose(1, 2), accumulate=products > 0)
+                products += 1
             continue
         cols = workspace.buffer("columns", (nb, g, cg, kh, kw, r1 - r0, cols_out), x.dtype, x.device)
         cols.copy_(part.permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
@@ -271,16 +284,21 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
         else:
             target = y[n0].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
             _multiply(target, w, cols.view(g, k, band), accumulate=False)
-    return y
+        for index in range(nb if grad is not None else 0):
+            b = partner[n0 + index].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
+            _multiply(grad, b, cols[index].view(g, k, band).transpose(1, 2), accumulate=products > 0)
+            products += 1
+    return y if grad is None else (y, grad.view(g * og, cg, kh, kw))
 
 
-def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None = None):
     """Shifted matrix products: ``Y[g] = Σ_{u,v} W[g,:,:,u,v] · P_{(du mod s_h, dv mod s_w)}[g][:, off(u,v) : off(u,v) + L']``.
 
     Flattening the padded phase planes (:func:`_phase_planes`) turns every tap's window into a
     contiguous column range at a constant offset, so no column matrix is built: k_h·k_w products
     of (O_g × C_g) by (C_g × L') with L' ≈ N·R·Q, accumulated in place. Columns that wrap around
-    a row end are computed and dropped (a few percent of the work).
+    a row end are computed and dropped (a few percent of the work). With a ``partner`` b the same
+    planes also give ``correlate_weight(x, b)`` (:func:`_weight_taps`), and the result is the pair.
     """
     g, og, cg = _split(geometry, weight)
     n, (kh, kw), (sh, sw), (dh, dw) = x.shape[0], geometry.kernel_size, geometry.stride, geometry.dilation
@@ -289,10 +307,12 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry)
     span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
     taps = _taps_by_group(weight, g, transpose=False)
     out = workspace.buffer("product", (g, og, span), x.dtype, x.device)
-    for u, v, source in _shifted_sources(planes, geometry, cols, g, span):
+    sources = _shifted_sources(planes, geometry, cols, g, span)
+    for u, v, source in sources:
         _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
     y = out.as_strided((g * og, n, rows_out, cols_out), (span, rows * cols, cols, 1))
-    return y.transpose(0, 1).clone(memory_format=torch.contiguous_format)   # never a view of the buffer
+    y = y.transpose(0, 1).clone(memory_format=torch.contiguous_format)     # never a view of the buffer
+    return y if partner is None else (y, _weight_taps(sources, partner, geometry, rows, cols, span, blocked=False))
 
 
 def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -505,27 +525,34 @@ def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry
 
 
 def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry, blocked: bool) -> torch.Tensor:
-    """Shifted products: ``W[g,:,:,u,v] = Y[g] · P_(du mod s_h, dv mod s_w)[g][:, off(u,v) : off(u,v) + L']ᵀ``,
-    with y laid out on the planes' grid (zeros where a flattened column wraps a row end), so
-    each tap is one product contracting batch and positions together, and no column matrix
-    is built. ``blocked`` (depthwise layers, where each product is one dot product per channel
-    and the passes are memory-bound) runs all taps block of groups by block
-    (:data:`DEPTHWISE_BLOCK`), so that each block is read from the cache after its first tap."""
-    g, (kh, kw), (sh, sw), (dh, dw) = geometry.groups, geometry.kernel_size, geometry.stride, geometry.dilation
-    rows_out, cols_out = geometry.output_size
-    n, o, c = x.shape[0], y.shape[1], x.shape[1]
-    og, cg = o // g, c // g
+    """Shifted products: ``W[g,:,:,u,v] = Y[g] · P_(du mod s_h, dv mod s_w)[g][:, off(u,v) : off(u,v) + L']ᵀ``
+    on the phase planes of x (:func:`_phase_planes`, :func:`_weight_taps`): each tap is one
+    product contracting batch and positions together, and no column matrix is built."""
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     planes, rows, cols = _phase_planes(x, geometry, "planes")
-    span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
-    spread = workspace.buffer("product", (o, n, rows, cols), x.dtype, x.device)
+    span = x.shape[0] * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    return _weight_taps(_shifted_sources(planes, geometry, cols, geometry.groups, span), y, geometry, rows, cols,
+                        span, blocked)
+
+
+def _weight_taps(sources: list, y: torch.Tensor, geometry: Geometry, rows: int, cols: int, span: int,
+                 blocked: bool) -> torch.Tensor:
+    """``W[g,:,:,u,v] = Y[g] · S_(u,v)[g]ᵀ`` for the shifted sources S of :func:`_shifted_sources`,
+    with y laid out on the planes' grid (zeros where a flattened column wraps a row end).
+    ``blocked`` (depthwise layers, where each product is one dot product per channel and the
+    passes are memory-bound) runs all taps block of groups by block (:data:`DEPTHWISE_BLOCK`),
+    so that each block is read from the cache after its first tap."""
+    g, (kh, kw), (rows_out, cols_out) = geometry.groups, geometry.kernel_size, geometry.output_size
+    n, o, (_, cg, _) = y.shape[0], y.shape[1], sources[0][2].shape
+    og = o // g
+    spread = workspace.buffer("product", (o, n, rows, cols), y.dtype, y.device)
     _frame(spread, (0, rows_out, 0, cols_out), lambda: y.transpose(0, 1))
     spread = spread.view(g, og, -1)[:, :, :span]
-    grad = x.new_empty(kh, kw, g, og, cg)
+    grad = y.new_empty(kh, kw, g, og, cg)
     step = max(1, DEPTHWISE_BLOCK // (cg * n * rows * cols)) if blocked else g
-    sources = [(grad[u, v], source.transpose(1, 2))
-               for u, v, source in _shifted_sources(planes, geometry, cols, g, span)]
+    products = [(grad[u, v], source.transpose(1, 2)) for u, v, source in sources]
     for g0 in range(0, g, step):
-        for out, source in sources:
+        for out, source in products:
             _multiply(out[g0: g0 + step], spread[g0: g0 + step], source[g0: g0 + step], accumulate=False)
     return grad.permute(2, 3, 4, 0, 1).reshape(o, cg, kh, kw)
 
@@ -591,8 +618,15 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "row_shifted": (correlate_weight_row_shifted, _always),
         "depthwise": (partial(correlate_weight_shifted, blocked=True), _depthwise),
     },
+    "correlate_pair": {
+        "im2col": (partial(correlate_im2col, fold_batch=False), _always),
+        "im2col_folded": (partial(correlate_im2col, fold_batch=True), _always),
+        "shifted": (correlate_shifted, _always),
+    },
 }
-"""contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}."""
+"""contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}. The pair's
+functions are the correlation's, called with ``partner=b``: (a, w, geometry, partner=b) → (correlate(a, w),
+correlate_weight(a, b))."""
 
 
 def applies(contraction: str, name: str, groups: int, in_channels: int, out_channels: int) -> bool:
@@ -682,16 +716,87 @@ def run(contraction: str, first: torch.Tensor, second: torch.Tensor, geometry: G
     return STRATEGIES[contraction][name][0](first, second, geometry)
 
 
+def _adjoint_geometry(geometry: Geometry) -> Geometry:
+    """At stride 1 the input gradient is one correlation of the padded grad_output with the
+    flipped, transposed kernel (:func:`correlate_transpose_phase`'s single phase): its Geometry."""
+    (top, left), (height, width) = geometry.padding, geometry.input_size
+    return _phase_problem(geometry, 0, 0, _inside(height, height + top, 1, -top),
+                          _inside(width, width + left, 1, -left))[2]
+
+
+def _flip(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``W̃[γ·C_g + c, o, u, v] = W[γ·O_g + o, c, k_h−1−u, k_w−1−v]``: the kernel of the stride-1 adjoint.
+    Applied to W̃'s shape (C, O_g, ·, ·) it is the inverse map, from W̃ back to W."""
+    rows, per_group, kh, kw = weight.shape
+    flipped = weight.reshape(groups, rows // groups, per_group, kh, kw).flip(3, 4).transpose(1, 2)
+    return flipped.reshape(groups * per_group, rows // groups, kh, kw)
+
+
+def choose_pair(op: str, batch: int, in_channels: int, out_channels: int, geometry: Geometry):
+    """(strategy or None, reason, the correlation's Geometry) for computing a backward's two gradients
+    together: the input gradient is a correlation of grad_output (for ``conv_transpose2d`` always,
+    eq. 4.5; for ``conv2d`` at stride 1, with the flipped kernel), and the weight gradient is a
+    correlate_weight of the same grad_output with the layer's input, so the strategy's column
+    matrix (or phase planes) of grad_output serves both products. ``in_channels``, ``out_channels``:
+    the layer's x and y, as in :func:`choose`."""
+    forced_now = getattr(_local, "forced", {})
+    pinned = forced_now.get("correlate_pair")
+    if forced_now and pinned is None:
+        return None, "a single contraction is forced: the two gradients run separately", None
+    if op == "conv2d":
+        if geometry.stride != (1, 1):
+            return None, "stride > 1: the input gradient is several phases, each its own correlation", None
+        if pinned is None and choose("correlate_transpose", batch, in_channels, out_channels, geometry)[0] != "phase":
+            return None, "the input gradient scatters a product's columns (col2im): nothing to share", None
+        geometry, in_channels, out_channels = _adjoint_geometry(geometry), out_channels, in_channels
+    name, why = (pinned, "forced by strategies.forced()") if pinned else choose(
+        "correlate", batch, in_channels, out_channels, geometry)
+    if name not in STRATEGIES["correlate_pair"]:
+        return None, f"the input gradient's correlation uses {name!r}, which shares nothing", None
+    return name, f"the input gradient's {name} columns of grad_output also give the weight gradient ({why})", geometry
+
+
+def backward_pair(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weight: torch.Tensor,
+                  geometry: Geometry):
+    """(∂L/∂input, ∂L/∂w) of ``conv2d`` (input x) or ``conv_transpose2d`` (input y)
+    from one pass over grad_output's columns (:func:`choose_pair`), or None where no strategy
+    pairs them. For conv2d at stride 1, with W̃ the flipped kernel (:func:`_flip`),
+
+        ∂L/∂x = correlate(∂L/∂y, W̃),    ∂L/∂w[o, c, u, v] = G̃[c, o, k_h−1−u, k_w−1−v],  G̃ = correlate_weight(∂L/∂y, x)
+
+    in the adjoint's geometry (substitute h = i + d·u − p in eq. 3.3); for conv_transpose2d
+    ∂L/∂y = correlate(∂L/∂x, W) and ∂L/∂w = correlate_weight(∂L/∂x, y) directly (eq. 4.5)."""
+    g = geometry.groups
+    if op == "conv2d":
+        in_channels, out_channels = layer_input.shape[1], weight.shape[0]
+    else:
+        in_channels, out_channels = grad_output.shape[1], layer_input.shape[1]
+    if min(grad_output.numel(), layer_input.numel(), weight.numel()) == 0:
+        return None
+    name, _, correlation = choose_pair(op, layer_input.shape[0], in_channels, out_channels, geometry)
+    if name is None:
+        return None
+    pair = STRATEGIES["correlate_pair"][name][0]
+    if op == "conv2d":
+        grad_x, flipped_grad = pair(grad_output, _flip(weight, g), correlation, partner=layer_input.contiguous())
+        return grad_x, _flip(flipped_grad, g)
+    return pair(grad_output, weight, correlation, partner=layer_input.contiguous())
+
+
 def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
             output_padding=0) -> dict[str, tuple[str, str]]:
     """Which strategy each contraction of a call uses, and why::
 
         convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)
-        → {"forward": ("im2col", "..."), "grad_input": ("col2im", "..."), "grad_weight": ("shifted", "...")}
+        → {"forward": ("im2col", "..."), "grad_input": ("phase", "..."), "grad_weight": ("shifted", "..."),
+           "backward": ("im2col", "...")}
 
     ``op`` is ``"conv2d"`` or ``"conv_transpose2d"``; arguments as in ``torch.nn.functional``.
     Conv2d's forward is ``correlate``, its input gradient ``correlate_transpose``; the transposed
     convolution swaps the two; both take the weight gradient from ``correlate_weight``.
+    ``"backward"`` says how a backward that needs both gradients computes them: together, by the
+    named ``correlate_pair`` strategy (:func:`backward_pair`), or ``"separate"``ly as the two
+    entries above say.
     """
     from . import checks
     shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
@@ -708,5 +813,8 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
         roles = {"forward": "correlate_transpose", "grad_input": "correlate", "grad_weight": "correlate_weight"}
     else:
         raise ValueError(f"op must be 'conv2d' or 'conv_transpose2d', not {op!r}")
-    return {role: choose(contraction, shape[0], in_channels, out_channels, geometry)
-            for role, contraction in roles.items()}
+    explained = {role: choose(contraction, shape[0], in_channels, out_channels, geometry)
+                 for role, contraction in roles.items()}
+    name, why, _ = choose_pair(op, shape[0], in_channels, out_channels, geometry)
+    explained["backward"] = (name or "separate", why)
+    return explained

@@ -117,11 +117,12 @@ def test_depthwise_works_block_of_channels_by_block(monkeypatch):
 def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
     for op, input_shape, weight_shape, kwargs in CASES.values():
         explained = convbook.explain(op, input_shape, weight_shape, **kwargs)
-        assert set(explained) == {"forward", "grad_input", "grad_weight"}
+        assert set(explained) == {"forward", "grad_input", "grad_weight", "backward"}
         for role, (name, reason) in explained.items():
-            contraction = strategies.CONTRACTIONS[["forward", "grad_input", "grad_weight"].index(role)
-                                                  if op == "conv2d" else ["grad_input", "forward", "grad_weight"].index(role)]
-            assert name in strategies.STRATEGIES[contraction] and reason
+            contraction = strategies.CONTRACTIONS[["forward", "grad_input", "grad_weight", "backward"].index(role)
+                                                  if op == "conv2d" else
+                                                  ["grad_input", "forward", "grad_weight", "backward"].index(role)]
+            assert (name in strategies.STRATEGIES[contraction] or role == "backward" and name == "separate") and reason
 
 
 def test_explain_reports_what_forced_sets_and_forced_is_undone_after_the_block():
