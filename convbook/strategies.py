@@ -315,7 +315,7 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
     return y if partner is None else (y, _weight_taps(sources, partner, geometry, rows, cols, span, blocked=False))
 
 
-def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None = None):
     """Row-shifted products: ``Z[g,u] = W[g,:,:,u,:] · X_{du mod s_h}[g]`` for all row taps u of a phase
     in one product, then ``Y[g] = Σ_u Z[g,u][:, ⌊du/s_h⌋·W_out + ·]``, with the column-tap matrices
     ``X_a[(c,v), (n,r,j)] = x_pad[n, c, s_h·r + a, s_w·j + d_w·v]`` (:func:`_row_planes`).
@@ -325,7 +325,9 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
     taps are stacked into the rows of one (k_h·O_g × C_g·k_w) by (C_g·k_w × L') product, which
     reads the column matrix once, and the shifted partial results are added up through strided
     views that also drop the rows straddling two images (k_h additions: a reduction over the
-    strided tap dimension runs slower). In chunks of images (:func:`_blocks`).
+    strided tap dimension runs slower). In chunks of images (:func:`_blocks`). With a ``partner`` b
+    the same column-tap matrices also give ``correlate_weight(x, b)`` (:func:`_row_weight_products`),
+    and the result is the pair.
     """
     g, og, cg = _split(geometry, weight)
     n, (kh, kw), sh, dh = x.shape[0], geometry.kernel_size, geometry.stride[0], geometry.dilation[0]
@@ -335,8 +337,9 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
     stacked = {a: grouped[:, :, :, taps].permute(0, 3, 1, 2, 4).reshape(g, len(taps) * og, cg * kw)
                for a, taps in phases.items()}
     y = x.new_empty(n, g * og, rows_out, cols_out)
+    grads = None if partner is None else {a: x.new_empty(g, len(taps) * og, cg * kw) for a, taps in phases.items()}
     per_image = rows * cols_out * max(len(phases) * kw * x.shape[1], kh * g * og)
-    for n0, n1, _, _ in _blocks(n, 1, per_image, x.numel(), y.numel(), weight.numel()):
+    for block, (n0, n1, _, _) in enumerate(_blocks(n, 1, per_image, x.numel(), y.numel(), weight.numel())):
         planes, _ = _row_planes(x[n0:n1], geometry, "planes")
         nb, width, target = n1 - n0, (n1 - n0) * rows * cols_out, y[n0:n1].view(n1 - n0, g, og, rows_out, cols_out)
         for index, (a, taps) in enumerate(phases.items()):
@@ -353,7 +356,9 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
                     target.copy_(shifted[0])
                 else:
                     target += shifted[t]
-    return y
+        if grads is not None:
+            _row_weight_products(grads, planes, partner[n0:n1], geometry, accumulate=block > 0)
+    return y if grads is None else (y, _row_weight_assembled(grads, geometry, g, og, cg))
 
 
 DEPTHWISE_BLOCK = 1 << 18
@@ -461,17 +466,26 @@ def _progression(taps: list[int]) -> slice:
     return slice(taps[-1], taps[0] + 1, step)
 
 
-def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
+                              partner: torch.Tensor | None = None):
     """Sub-pixel (phase) decomposition: the adjoint at stride s is s_h·s_w stride-1 *correlations*
     of y (:func:`_phase_problem`), one per output phase, each computed by the forward dispatcher
     (im2col, shifted, ...) and written to the rows ``s·m + a − p`` of x. No zeros are inserted
     between the entries of y, so no multiply is wasted; at stride 1 there is one phase, and the
     adjoint is the correlation of the padded y with the flipped, transposed kernel.
+
+    With a ``partner`` x (the layer's input) each phase's correlation also gives the weight
+    gradient of its taps (:func:`run_pair`): substituting h = s·m + a − p in eq. (3.3),
+    ``∂L/∂w[γ·O_g + o, c, u_{J−1−j}, v_{L−1−l}] = G̃[γ·C_g + c, o, j, l]`` with
+    ``G̃ = correlate_weight(y, x_(a,b))`` in the phase's geometry and ``x_(a,b)`` the rows and
+    columns of x in phase (a, b); the result is then the pair (x, ∂L/∂w).
     """
     g, og, cg = _split(geometry, weight)
     (sh, sw), (top, left), (height, width) = geometry.stride, geometry.padding, geometry.input_size
     grouped = weight.reshape(g, og, cg, *geometry.kernel_size)
-    image = None if (sh, sw) == (1, 1) else y.new_empty(y.shape[0], g * cg, height, width)
+    single = (sh, sw) == (1, 1)
+    image = None if single else y.new_empty(y.shape[0], g * cg, height, width)
+    grad = None if partner is None else weight.new_zeros(grouped.shape)
     for a in range(sh):
         rows = _inside(height, -(-(height + top) // sh), sh, a - top)
         for b in range(sw):
@@ -479,17 +493,22 @@ def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: G
             if rows[1] == rows[0] or cols[1] == cols[0]:
                 continue
             row_taps, col_taps, sub = _phase_problem(geometry, a, b, rows, cols)
-            target = image if image is None else image[:, :, _strided(*rows, sh, a - top), _strided(*cols, sw, b - left)]
+            where = (slice(None), slice(None), _strided(*rows, sh, a - top), _strided(*cols, sw, b - left))
             if not row_taps or not col_taps:
-                target.zero_()
+                image[where].zero_()                 # (at stride 1 every tap is in the one phase)
                 continue
-            taps = grouped[:, :, :, _progression(row_taps)][:, :, :, :, _progression(col_taps)]
-            kernel = taps.flip(3, 4).transpose(1, 2).reshape(g * cg, og, *sub.kernel_size)
-            phase = run("correlate", y, kernel, sub)
-            if image is None:
-                return phase
-            target.copy_(phase)
-    return image
+            taps = (slice(None), slice(None), slice(None), _progression(row_taps), _progression(col_taps))
+            kernel = grouped[taps].flip(3, 4).transpose(1, 2).reshape(g * cg, og, *sub.kernel_size)
+            if partner is None:
+                phase = run("correlate", y, kernel, sub)
+            else:
+                phase, kernel_grad = run_pair(y, kernel, partner[where], sub)
+                grad[taps] = kernel_grad.reshape(g, cg, og, *sub.kernel_size).transpose(1, 2).flip(3, 4)
+            if single:
+                image = phase
+            else:
+                image[where].copy_(phase)
+    return image if grad is None else (image, grad.view_as(weight))
 
 
 def correlate_transpose_depthwise(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
@@ -560,9 +579,8 @@ def _weight_taps(sources: list, y: torch.Tensor, geometry: Geometry, rows: int, 
 def correlate_weight_row_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Row-shifted products: ``W[g,:,:,u,:] = Σ_chunks Y_u[g] · X_{du mod s_h}[g]ᵀ`` with the column-tap
     matrices X_a of :func:`_row_planes` and ``Y_u[o, (n,r,j)] = y[n, o, r − ⌊du/s_h⌋, j]`` -- y laid
-    out on their (n, r, j) grid, shifted down by the row tap's offset, zeros elsewhere. The row taps
-    of a phase are stacked into the rows of one (k_h·O_g × L') by (L' × C_g·k_w) product, which
-    contracts batch and positions at once and reads the column matrix once. In chunks of images."""
+    out on their (n, r, j) grid, shifted down by the row tap's offset, zeros elsewhere
+    (:func:`_row_weight_products`). In chunks of images."""
     g, (kh, kw), sh, dh = geometry.groups, geometry.kernel_size, geometry.stride[0], geometry.dilation[0]
     (rows_out, cols_out), phases = geometry.output_size, _row_phases(geometry)
     n, o, c = x.shape[0], y.shape[1], x.shape[1]
@@ -571,17 +589,34 @@ def correlate_weight_row_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geo
     per_image = rows * cols_out * max(len(phases) * kw * c, kh * o)
     for index, (n0, n1, _, _) in enumerate(_blocks(n, 1, per_image, x.numel(), y.numel(), o * cg * kh * kw)):
         planes, _ = _row_planes(x[n0:n1], geometry, "planes")
-        width, y_cm = (n1 - n0) * rows * cols_out, y[n0:n1].transpose(0, 1).unflatten(0, (g, og))
-        for a, taps in phases.items():
-            spread = workspace.buffer("product", (g, len(taps), og, n1 - n0, rows, cols_out), x.dtype, x.device)
-            for t, u in enumerate(taps):
-                _frame(spread[:, t], (dh * u // sh, dh * u // sh + rows_out, 0, cols_out), lambda: y_cm)
-            _multiply(grads[a], spread.view(g, -1, width), planes[a].view(g, cg * kw, width).transpose(1, 2),
-                      accumulate=index > 0)
-    grad = x.new_empty(g, og, cg, kh, kw)
-    for a, taps in phases.items():
+        _row_weight_products(grads, planes, y[n0:n1], geometry, accumulate=index > 0)
+    return _row_weight_assembled(grads, geometry, g, og, cg)
+
+
+def _row_weight_products(grads: dict, planes: dict, y: torch.Tensor, geometry: Geometry, accumulate: bool) -> None:
+    """``grads[a] (+)= [Y_u[g]]_u · X_a[g]ᵀ`` for one chunk of images: the row taps u of phase a stacked
+    into the rows of one (k_h·O_g × L') by (L' × C_g·k_w) product, which contracts batch and
+    positions at once and reads the column-tap matrix once."""
+    g, kh, sh, dh = geometry.groups, geometry.kernel_size[0], geometry.stride[0], geometry.dilation[0]
+    (rows_out, cols_out), (nb, o) = geometry.output_size, y.shape[:2]
+    og, rows = o // g, rows_out + dh * (kh - 1) // sh
+    width, y_cm = nb * rows * cols_out, y.transpose(0, 1).unflatten(0, (g, og))
+    for a, taps in _row_phases(geometry).items():
+        spread = workspace.buffer("product", (g, len(taps), og, nb, rows, cols_out), y.dtype, y.device)
+        for t, u in enumerate(taps):
+            _frame(spread[:, t], (dh * u // sh, dh * u // sh + rows_out, 0, cols_out), lambda: y_cm)
+        cg_kw = planes[a].shape[0] // g
+        _multiply(grads[a], spread.view(g, -1, width), planes[a].view(g, cg_kw, width).transpose(1, 2),
+                  accumulate=accumulate)
+
+
+def _row_weight_assembled(grads: dict, geometry: Geometry, g: int, og: int, cg: int) -> torch.Tensor:
+    """The weight gradient (O, C_g, k_h, k_w) from the per-phase products of :func:`_row_weight_products`."""
+    kh, kw = geometry.kernel_size
+    grad = next(iter(grads.values())).new_empty(g, og, cg, kh, kw)
+    for a, taps in _row_phases(geometry).items():
         grad[:, :, :, taps] = grads[a].view(g, len(taps), og, cg, kw).permute(0, 2, 3, 1, 4)
-    return grad.view(o, cg, kh, kw)
+    return grad.view(g * og, cg, kh, kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,6 +657,7 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "im2col": (partial(correlate_im2col, fold_batch=False), _always),
         "im2col_folded": (partial(correlate_im2col, fold_batch=True), _always),
         "shifted": (correlate_shifted, _always),
+        "row_shifted": (correlate_row_shifted, _always),
     },
 }
 """contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}. The pair's
@@ -716,20 +752,15 @@ def run(contraction: str, first: torch.Tensor, second: torch.Tensor, geometry: G
     return STRATEGIES[contraction][name][0](first, second, geometry)
 
 
-def _adjoint_geometry(geometry: Geometry) -> Geometry:
-    """At stride 1 the input gradient is one correlation of the padded grad_output with the
-    flipped, transposed kernel (:func:`correlate_transpose_phase`'s single phase): its Geometry."""
-    (top, left), (height, width) = geometry.padding, geometry.input_size
-    return _phase_problem(geometry, 0, 0, _inside(height, height + top, 1, -top),
-                          _inside(width, width + left, 1, -left))[2]
-
-
-def _flip(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """``W̃[γ·C_g + c, o, u, v] = W[γ·O_g + o, c, k_h−1−u, k_w−1−v]``: the kernel of the stride-1 adjoint.
-    Applied to W̃'s shape (C, O_g, ·, ·) it is the inverse map, from W̃ back to W."""
-    rows, per_group, kh, kw = weight.shape
-    flipped = weight.reshape(groups, rows // groups, per_group, kh, kw).flip(3, 4).transpose(1, 2)
-    return flipped.reshape(groups * per_group, rows // groups, kh, kw)
+def run_pair(a: torch.Tensor, weight: torch.Tensor, b: torch.Tensor, geometry: Geometry):
+    """(correlate(a, weight), correlate_weight(a, b)): by the correlation's strategy, which shares its
+    column matrix (or planes) of a with the weight gradient where it can (``correlate_pair``),
+    otherwise by the two dispatchers."""
+    pinned = getattr(_local, "forced", {}).get("correlate_pair")
+    name = pinned or choose("correlate", a.shape[0], a.shape[1], weight.shape[0], geometry)[0]
+    if name in STRATEGIES["correlate_pair"] and min(a.numel(), b.numel(), weight.numel()) > 0:
+        return STRATEGIES["correlate_pair"][name][0](a, weight, geometry, partner=b.contiguous())
+    return run("correlate", a, weight, geometry), run("correlate_weight", a, b, geometry)
 
 
 def choose_pair(op: str, batch: int, in_channels: int, out_channels: int, geometry: Geometry):
@@ -744,11 +775,13 @@ def choose_pair(op: str, batch: int, in_channels: int, out_channels: int, geomet
     if forced_now and pinned is None:
         return None, "a single contraction is forced: the two gradients run separately", None
     if op == "conv2d":
-        if geometry.stride != (1, 1):
-            return None, "stride > 1: the input gradient is several phases, each its own correlation", None
         if pinned is None and choose("correlate_transpose", batch, in_channels, out_channels, geometry)[0] != "phase":
-            return None, "the input gradient scatters a product's columns (col2im): nothing to share", None
-        geometry, in_channels, out_channels = _adjoint_geometry(geometry), out_channels, in_channels
+            return None, "the input gradient is not by phases of correlations: nothing to share", None
+        if pinned is None and geometry.stride != (1, 1):
+            return None, ("stride > 1: the phases' weight gradients would need x split into phases, and "
+                          "measured slower than the separate weight gradient"), None
+        return "phase", ("each phase of the input gradient is a correlation of grad_output whose columns also "
+                         "give the weight gradient of the phase's taps"), geometry
     name, why = (pinned, "forced by strategies.forced()") if pinned else choose(
         "correlate", batch, in_channels, out_channels, geometry)
     if name not in STRATEGIES["correlate_pair"]:
@@ -758,29 +791,22 @@ def choose_pair(op: str, batch: int, in_channels: int, out_channels: int, geomet
 
 def backward_pair(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weight: torch.Tensor,
                   geometry: Geometry):
-    """(∂L/∂input, ∂L/∂w) of ``conv2d`` (input x) or ``conv_transpose2d`` (input y)
-    from one pass over grad_output's columns (:func:`choose_pair`), or None where no strategy
-    pairs them. For conv2d at stride 1, with W̃ the flipped kernel (:func:`_flip`),
-
-        ∂L/∂x = correlate(∂L/∂y, W̃),    ∂L/∂w[o, c, u, v] = G̃[c, o, k_h−1−u, k_w−1−v],  G̃ = correlate_weight(∂L/∂y, x)
-
-    in the adjoint's geometry (substitute h = i + d·u − p in eq. 3.3); for conv_transpose2d
-    ∂L/∂y = correlate(∂L/∂x, W) and ∂L/∂w = correlate_weight(∂L/∂x, y) directly (eq. 4.5)."""
-    g = geometry.groups
+    """(∂L/∂input, ∂L/∂w) of ``conv2d`` (input x) or ``conv_transpose2d`` (input y) with shared work
+    (:func:`choose_pair`), or None where nothing is shared. conv2d: the input gradient's phases
+    (:func:`correlate_transpose_phase` with ``partner=x``); conv_transpose2d: ∂L/∂y =
+    correlate(∂L/∂x, W) and ∂L/∂w = correlate_weight(∂L/∂x, y) (eq. 4.5) by one pair strategy."""
     if op == "conv2d":
         in_channels, out_channels = layer_input.shape[1], weight.shape[0]
     else:
         in_channels, out_channels = grad_output.shape[1], layer_input.shape[1]
     if min(grad_output.numel(), layer_input.numel(), weight.numel()) == 0:
         return None
-    name, _, correlation = choose_pair(op, layer_input.shape[0], in_channels, out_channels, geometry)
+    name, _, _ = choose_pair(op, layer_input.shape[0], in_channels, out_channels, geometry)
     if name is None:
         return None
-    pair = STRATEGIES["correlate_pair"][name][0]
     if op == "conv2d":
-        grad_x, flipped_grad = pair(grad_output, _flip(weight, g), correlation, partner=layer_input.contiguous())
-        return grad_x, _flip(flipped_grad, g)
-    return pair(grad_output, weight, correlation, partner=layer_input.contiguous())
+        return correlate_transpose_phase(grad_output, weight, geometry, partner=layer_input)
+    return STRATEGIES["correlate_pair"][name][0](grad_output, weight, geometry, partner=layer_input.contiguous())
 
 
 def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
