@@ -207,7 +207,8 @@ def measure(layer: Layer, rounds: int, target: float) -> dict:
 
 
 def strategies_of(layer: Layer) -> dict[str, str]:
-    """{'forward' | 'grad_input' | 'grad_weight': strategy} from convbook.explain."""
+    """{'forward' | 'grad_input' | 'grad_weight' | 'backward': strategy} from convbook.explain (the
+    step's backward computes both gradients by the 'backward' pair, unless it says 'separate')."""
     x, weight, _, _, kw = operands(layer)
     op = "conv2d" if layer.op == "conv" else "conv_transpose2d"
     return {k: v[0] for k, v in convbook.explain(op, tuple(x.shape), tuple(weight.shape), **kw).items()}
@@ -230,13 +231,13 @@ def machine() -> str:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of the ratios convbook/native (below 1: convbook is faster / smaller)."""
-    lines = ["| layer | forward | grad_input | grad_weight | step | step ms (native) | memory | strategies (fwd/gi/gw) |",
+    lines = ["| layer | forward | grad_input | grad_weight | step | step ms (native) | memory | strategies (fwd/gi/gw; step's backward) |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         s = row["strategies"]
         lines.append(f"| {row['layer']['name']} | " + " | ".join(f"{row[k]['ratio']:.2f}" for k in KINDS)
                      + f" | {row['step']['ours_ms']:.1f} ({row['step']['native_ms']:.1f}) | {row['memory']['ratio']:.2f}"
-                     + f" | {s['forward']}/{s['grad_input']}/{s['grad_weight']} |")
+                     + f" | {s['forward']}/{s['grad_input']}/{s['grad_weight']}; {s['backward']} |")
     lines.append("| **geometric mean** | " + " | ".join(f"{geometric_mean(r[k]['ratio'] for r in rows):.2f}" for k in KINDS)
                  + f" | | {geometric_mean(r['memory']['ratio'] for r in rows):.2f} | |")
     return "\n".join(lines)
