@@ -309,7 +309,8 @@ def conv2d_grads(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
     For complex tensors these are PyTorch's conjugate Wirtinger gradients: y is holomorphic in x
     with derivative w, so ∂L/∂x = correlate_transpose(∂L/∂y, w̄) and ∂L/∂w uses x̄. When both are
-    needed and a strategy shares work between them, they are computed together (:func:`_paired`).
+    needed and a strategy shares work between them, they are computed together
+    (:func:`convbook.strategies.backward_pair`).
     """
     layout = suggested_format(x, weight)
     grad_x, grad_weight = _paired("conv2d", grad_output, x, weight, geometry, needed) or (None, None)

@@ -793,7 +793,7 @@ def backward_pair(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor,
                   geometry: Geometry):
     """(∂L/∂input, ∂L/∂w) of ``conv2d`` (input x) or ``conv_transpose2d`` (input y) with shared work
     (:func:`choose_pair`), or None where nothing is shared. conv2d: the input gradient's phases
-    (:func:`correlate_transpose_phase` with ``partner=x``); conv_transpose2d: ∂L/∂y =
+    (``correlate_transpose_phase`` with ``partner=x``); conv_transpose2d: ∂L/∂y =
     correlate(∂L/∂x, W) and ∂L/∂w = correlate_weight(∂L/∂x, y) (eq. 4.5) by one pair strategy."""
     if op == "conv2d":
         in_channels, out_channels = layer_input.shape[1], weight.shape[0]
