@@ -418,19 +418,29 @@ def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, we
                 target.addcmul_(columns[:, :, i0:i1, j0:j1], weights[:, :, u, v])
 
 
-def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tensor:
     """col2im: ``X_col[n,g] = W[g]ᵀ · Y[n,g]`` (one product per chunk of images), then each tap's
-    column added into its rows of the image by strided slices (:func:`_add_taps`)."""
+    column added into its rows of the image by strided slices (:func:`_add_taps`). With
+    ``fold_batch`` the columns are (n, i, j), ``X_col[g] = W[g]ᵀ · Y[g]``: one wide product for the
+    chunk instead of one thin product per image (small images), after a channel-major copy of y."""
     g, og, cg = _split(geometry, weight)
     n, (kh, kw), (rows_out, cols_out) = y.shape[0], geometry.kernel_size, geometry.output_size
     k, positions = cg * kh * kw, rows_out * cols_out
     w_t = weight.reshape(g, og, k).transpose(1, 2)
     image = y.new_zeros(n, g * cg, *geometry.input_size)
     for n0, n1, _, _ in _blocks(n, 1, g * k * positions, y.numel(), image.numel(), weight.numel()):
-        part, nb = y[n0:n1].reshape(-1, g, og, positions), n1 - n0
-        cols = workspace.buffer("columns", (nb, g, k, positions), y.dtype, y.device)
-        torch.matmul(w_t, part, out=cols)
-        _add_taps(image[n0: n0 + nb], cols.view(nb, g * cg, kh, kw, rows_out, cols_out), geometry)
+        nb = n1 - n0
+        if fold_batch:
+            part = workspace.buffer("product", (g * og, nb, positions), y.dtype, y.device)
+            part.copy_(y[n0:n1].reshape(nb, g * og, positions).transpose(0, 1))
+            cols = workspace.buffer("columns", (g, k, nb * positions), y.dtype, y.device)
+            torch.bmm(w_t, part.view(g, og, nb * positions), out=cols)
+            taps = cols.view(g * cg, kh, kw, nb, rows_out, cols_out).permute(3, 0, 1, 2, 4, 5)
+        else:
+            cols = workspace.buffer("columns", (nb, g, k, positions), y.dtype, y.device)
+            torch.matmul(w_t, y[n0:n1].reshape(-1, g, og, positions), out=cols)
+            taps = cols.view(nb, g * cg, kh, kw, rows_out, cols_out)
+        _add_taps(image[n0:n1], taps, geometry)
     return image
 
 
@@ -642,7 +652,8 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
     },
     "correlate_transpose": {
         "plain": (kernels.correlate_transpose_plain, _always),
-        "col2im": (correlate_transpose_col2im, _always),
+        "col2im": (partial(correlate_transpose_col2im, fold_batch=False), _always),
+        "col2im_folded": (partial(correlate_transpose_col2im, fold_batch=True), _always),
         "phase": (correlate_transpose_phase, _always),
         "depthwise": (correlate_transpose_depthwise, _depthwise),
     },
@@ -721,6 +732,8 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
         if columns_fit and ((kh <= sh and kw <= sw) or cg < 16 or positions < 256):
             why = ("taps do not overlap (k ≤ s)" if kh <= sh and kw <= sw
                    else "few input channels" if cg < 16 else "small image")
+            if positions < 256:
+                return "col2im_folded", why + ": one product Wᵀ·y over the whole chunk, then strided tap additions"
             return "col2im", why + ": one product Wᵀ·y with a wide output, then strided tap additions"
         return "phase", "stride² stride-1 correlations of y with sub-kernels, each by the forward dispatcher"
     if large_kernel:
