@@ -24,11 +24,16 @@ Strategies (``name: equation``):
   ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``; its weight gradient is ``shifted``
   with O_g = C_g = 1 (a dot product per channel and tap), run block of channels by block.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
-  rows ``s·i + d·u − p`` of the image (only the rows that land inside it).
+  rows ``s·i + d·u − p`` of the image (only the rows that land inside it); ``col2im_folded`` the
+  same with the batch folded into the product's columns.
 * ``phase`` (adjoint) -- the sub-pixel decomposition: output rows ``h + p ≡ r (mod s)`` receive
   only the taps with ``d·u ≡ r``, and from them ``x_r[m] = Σ_u W_uᵀ · y[m − ⌊du/s⌋]``: s² stride-1
   correlations, each by the forward dispatcher, with no zeros inserted.
 * ``plain`` -- the plain vectorised version of :mod:`convbook.kernels` (einsum).
+
+Pairs (``correlate_pair``): a backward that needs both gradients reads grad_output's windows
+twice -- im2col, shifted and row_shifted then build its columns (or planes) once and run both
+products on them (:func:`backward_pair`, book eq. perf-pair).
 
 :func:`choose` picks one from the shapes and says why; :func:`explain` does so for a public call;
 ``with forced("shifted"):`` overrides the choice on this thread.
@@ -729,9 +734,11 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
             return "im2col_folded", "small image: the batch folded into the columns makes one large product"
         return "im2col", "one dense product on a copied column matrix"
     if contraction == "correlate_transpose":
-        if columns_fit and ((kh <= sh and kw <= sw) or cg < 16 or positions < 256):
+        strided = (sh, sw) != (1, 1) and g == 1
+        if columns_fit and ((kh <= sh and kw <= sw) or cg < 16 or positions < 256 or strided):
             why = ("taps do not overlap (k ≤ s)" if kh <= sh and kw <= sw
-                   else "few input channels" if cg < 16 else "small image")
+                   else "few input channels" if cg < 16 else "small image" if positions < 256
+                   else "stride > 1, ungrouped (one deep product beats s² shallower phases)")
             if positions < 256:
                 return "col2im_folded", why + ": one product Wᵀ·y over the whole chunk, then strided tap additions"
             return "col2im", why + ": one product Wᵀ·y with a wide output, then strided tap additions"
