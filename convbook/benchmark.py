@@ -10,6 +10,13 @@ Memory: the profiler records every allocation and free of the step with its time
 of their running sum is the step's peak extra memory (convbook's scratch buffers are dropped
 before its step, so their first allocation is counted).
 
+The allocator: PyTorch's CPU tensors come from glibc's ``malloc``, whose thresholds move with the
+history of the process. When a large block is served by ``mmap`` or the heap is trimmed, the next
+tensor of that size is fresh memory, and touching its pages costs about 0.3 ms per MB -- in our runs
+native's training step of the depthwise layer took 6 ms in one process and 17 ms in the next, with
+nothing else changed. :func:`steady_allocator` pins the thresholds (as a long training loop settles
+them), so that both sides are timed in the steady state; :func:`run` calls it.
+
 The command line is ``benchmarks/conv.py`` (a thin wrapper of :func:`main`)::
 
     python benchmarks/conv.py [--quick] [--json out.json] [--plot out.png] [--rounds 7] [--threads 2]
@@ -133,6 +140,21 @@ def functions(layer: Layer) -> dict[str, tuple]:
         "grad_weight": (no_grad(lambda: grads((False, True, True))), no_grad(lambda: native_grads([False, True, True]))),
         "step": (step(ours_fn), step(native_fn)),
     }
+
+
+def steady_allocator() -> bool:
+    """Pin glibc's malloc thresholds for this process: blocks below 32 MB come from the heap
+    (``M_MMAP_THRESHOLD``) and freed memory is not returned to the system (``M_TRIM_THRESHOLD``),
+    so a tensor reuses pages already touched. Returns False where there is no glibc (nothing done)."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, (1 << 31) - 1))
 
 
 def loop_seconds(fn, iterations: int) -> float:
@@ -271,7 +293,9 @@ def plot(rows: list[dict], path: str | None = None):
 
 
 def run(names=None, rounds: int = 7, target: float = 0.05, progress: bool = False) -> list[dict]:
-    """Measure the named layers (all by default), in the order of :data:`LAYERS`."""
+    """Measure the named layers (all by default), in the order of ``LAYERS``, with the
+    allocator in its steady state (:func:`steady_allocator`)."""
+    steady_allocator()
     rows = []
     for layer in LAYERS:
         if names is None or layer.name in names:
