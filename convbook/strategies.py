@@ -538,23 +538,34 @@ def correlate_transpose_depthwise(y: torch.Tensor, weight: torch.Tensor, geometr
 # correlate_weight: the weight gradient (eq. 3.3)
 # --------------------------------------------------------------------------------------------
 
-def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """im2col: ``W[g] = Σ_chunks Y[g] · X_col[g]ᵀ`` with columns (n, i, j): one product per chunk
-    of images contracts batch and positions at once."""
+def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tensor:
+    """im2col: ``W[g] = Σ_n Y[n,g] · X_col[n,g]ᵀ``, one product per image contracting its positions
+    against its column matrix. With ``fold_batch`` the columns are (n, i, j) and one product per
+    chunk of images contracts batch and positions at once (small images), after a channel-major
+    copy of y."""
     g, (kh, kw), (rows_out, cols_out) = geometry.groups, geometry.kernel_size, geometry.output_size
     n, o, c = x.shape[0], y.shape[1], x.shape[1]
     og, cg = o // g, c // g
     k, positions = cg * kh * kw, rows_out * cols_out
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
     grad = x.new_empty(g, og, k)
-    blocks = _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), grad.numel())
-    for index, (n0, n1, r0, r1) in enumerate(blocks):
+    products = 0                                                              # into grad so far
+    for n0, n1, r0, r1 in _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), grad.numel()):
         nb, rb = n1 - n0, r1 - r0
-        cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rb, cols_out), x.dtype, x.device)
-        cols.copy_(patches[n0:n1, :, r0:r1].permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
-        y_cm = workspace.buffer("product", (o, nb, rb, cols_out), x.dtype, x.device)
-        y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
-        _multiply(grad, y_cm.view(g, og, -1), cols.view(g, k, -1).transpose(1, 2), accumulate=index > 0)
+        if fold_batch:
+            cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rb, cols_out), x.dtype, x.device)
+            cols.copy_(patches[n0:n1, :, r0:r1].permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
+            y_cm = workspace.buffer("product", (o, nb, rb, cols_out), x.dtype, x.device)
+            y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
+            _multiply(grad, y_cm.view(g, og, -1), cols.view(g, k, -1).transpose(1, 2), accumulate=products > 0)
+            products += 1
+            continue
+        cols = workspace.buffer("columns", (nb, g, cg, kh, kw, rb, cols_out), x.dtype, x.device)
+        cols.copy_(patches[n0:n1, :, r0:r1].permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
+        for index in range(nb):
+            rows = y[n0 + index].reshape(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
+            _multiply(grad, rows, cols[index].view(g, k, rb * cols_out).transpose(1, 2), accumulate=products > 0)
+            products += 1
     return grad.view(o, cg, kh, kw)
 
 
@@ -664,7 +675,8 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
     },
     "correlate_weight": {
         "plain": (kernels.correlate_weight_plain, _always),
-        "im2col": (correlate_weight_im2col, _always),
+        "im2col": (partial(correlate_weight_im2col, fold_batch=False), _always),
+        "im2col_folded": (partial(correlate_weight_im2col, fold_batch=True), _always),
         "shifted": (partial(correlate_weight_shifted, blocked=False), _always),
         "row_shifted": (correlate_weight_row_shifted, _always),
         "depthwise": (partial(correlate_weight_shifted, blocked=True), _depthwise),
@@ -751,7 +763,9 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
         return "shifted", "grouped: k² products per group, each contracting batch and positions at once"
     if not columns_fit or ((sh, sw) == (1, 1) and cg >= 16 and positions >= 256 and kh * kw > 1):
         return "shifted", "k² products, each contracting batch and positions at once, no column matrix"
-    return "im2col", "one product contracting batch and positions against a copied column matrix"
+    if positions < 512:
+        return "im2col_folded", "one product contracting batch and positions against a copied column matrix"
+    return "im2col", "one product per image contracting its positions against its copied column matrix"
 
 
 def run(contraction: str, first: torch.Tensor, second: torch.Tensor, geometry: Geometry) -> torch.Tensor:
