@@ -8,6 +8,8 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
 * :func:`conv2d_gradients`              eqs. (3.2)-(3.4) against ``sympy.diff`` of B(x, w, G) (3.1)
 * :func:`grad_input_is_transposed_convolution`  eq. (3.4) is ``conv_transpose2d(G, w)``: the kernel
                                         flips, the stride dilates G, the padding crops
+* :func:`grad_weight_from_the_adjoint_columns`  at stride 1 the weight gradient reads the same
+                                        windows of G as the input gradient (chapter 7's pairs)
 * :func:`conv_transpose_matrix_is_transpose`    the matrix of ``conv_transpose2d`` is exactly Mᵀ,
                                         M the matrix of ``conv2d`` with the same weight (4.1)
 * :func:`conv_transpose2d_gradients`    eq. (4.5) against ``sympy.diff``
@@ -244,6 +246,24 @@ def grad_weight_is_convolution_with_stride_and_dilation_swapped(case: Case) -> E
         derived[o, c, u, v] = swapped[c, o, u, v]
     truth = conv2d_derivative(case, x, w, grad_output, w)
     return equality("conv2d(x, G, stride d, dilation s) = ∂L/∂w (sympy.diff)", case.describe(), derived, truth)
+
+
+def grad_weight_from_the_adjoint_columns(case: Case) -> Equality:
+    """At stride 1, ∂L/∂w (sympy's derivative) is the weight gradient of the input gradient's own
+    correlation -- conv2d(G, w', stride 1, padding d(k − 1) − p, dilation d, groups), w' the flipped
+    kernel -- taken with x as that correlation's output gradient, and flipped back (chapter 7,
+    eq. perf-pair): ∂L/∂w[o,c,u,v] = Σ x[n,κ(o,c),h,ℓ]·G̃[n,o,h + p − d·u, ℓ + p − d·v]. Both gradients
+    therefore read the same windows of G."""
+    if case.stride != (1, 1):
+        raise ValueError("the identity is the stride-1 one; strided layers split into phases")
+    x, w, grad_output = conv2d_symbols(case)
+    before, _ = flipped_padding(case)
+    flipped_shape = flipped_weight(w, case.groups).shape
+    adjoint = reference.conv2d_grad_weight(x, grad_output, flipped_shape, (1, 1), before, case.dilation, case.groups)
+    derived = flipped_weight(adjoint, case.groups)
+    truth = conv2d_derivative(case, x, w, grad_output, w)
+    return equality("flip(∂/∂w' of the adjoint's correlation, x as its G) = ∂L/∂w (sympy.diff)", case.describe(),
+                    derived, truth)
 
 
 # --- Chapter 4: the transposed convolution -----------------------------------------------------

@@ -43,6 +43,19 @@ def test_sympy_grad_weight_is_a_convolution_with_stride_and_dilation_swapped(cas
     assert_all_equal([symbolic.grad_weight_is_convolution_with_stride_and_dilation_swapped(case)])
 
 
+@pytest.mark.parametrize("case", [CONV2D_CASES["dilation 2, groups 2"],
+                                  Case((2, 2, 5, 4), (4, 2, 3, 2), padding=(1, 2), dilation=(1, 2)),
+                                  Case((1, 2, 4, 5), (2, 2, 2, 2), padding=(3, 0))],
+                         ids=["dilation 2, groups 2", "batch 2, asymmetric kernel", "padding beyond the kernel"])
+def test_sympy_at_stride_1_the_weight_gradient_reads_the_input_gradients_columns_of_G(case):
+    assert_all_equal([symbolic.grad_weight_from_the_adjoint_columns(case)])
+
+
+def test_sympy_the_pair_identity_is_refused_at_stride_2():
+    with pytest.raises(ValueError):
+        symbolic.grad_weight_from_the_adjoint_columns(CONV2D_CASES["stride 2, padding 1"])
+
+
 def test_sympy_gradients_hold_with_a_batch_and_unequal_strides():
     case = Case((2, 2, 7, 6), (2, 1, 3, 2), stride=(3, 2), padding=(2, 1), dilation=(1, 2), groups=2)
     assert_all_equal(symbolic.conv2d_gradients(case) + symbolic.grad_input_is_transposed_convolution(case)
