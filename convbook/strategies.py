@@ -268,32 +268,53 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     w = weight.reshape(g, og, k)
     y = x.new_empty(n, g * og, rows_out, cols_out)
     grad = None if partner is None else x.new_empty(g, og, k)
-    products = 0                                                              # into grad so far
-    for n0, n1, r0, r1 in _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), weight.numel()):
-        part, nb, band = patches[n0:n1, :, r0:r1], n1 - n0, (r1 - r0) * cols_out
+    blocks = _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), weight.numel())
+    for index, (n0, n1, r0, r1) in enumerate(blocks):
+        cols, nb, band = _columns(patches, (n0, n1, r0, r1), g, fold_batch), n1 - n0, (r1 - r0) * cols_out
         if fold_batch:
-            cols = workspace.buffer("columns", (g, cg, kh, kw, nb, r1 - r0, cols_out), x.dtype, x.device)
-            cols.copy_(part.permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
             out = workspace.buffer("product", (g, og, nb * band), x.dtype, x.device)
-            torch.bmm(w, cols.view(g, k, nb * band), out=out)
+            torch.bmm(w, cols, out=out)
             y[n0:n1, :, r0:r1].copy_(out.view(g * og, nb, r1 - r0, cols_out).transpose(0, 1))
-            if grad is not None:                  # b's block channel-major, like the columns
-                out.view(g * og, nb, r1 - r0, cols_out).copy_(partner[n0:n1, :, r0:r1].transpose(0, 1))
-                _multiply(grad, out, cols.view(g, k, nb * band).transpose(1, 2), accumulate=products > 0)
-                products += 1
-            continue
-        cols = workspace.buffer("columns", (nb, g, cg, kh, kw, r1 - r0, cols_out), x.dtype, x.device)
-        cols.copy_(part.permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
-        if band == positions:
-            torch.matmul(w, cols.view(nb, g, k, positions), out=y[n0:n1].view(nb, g, og, positions))
+        elif band == positions:
+            torch.matmul(w, cols, out=y[n0:n1].view(nb, g, og, positions))
         else:
-            target = y[n0].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
-            _multiply(target, w, cols.view(g, k, band), accumulate=False)
-        for index in range(nb if grad is not None else 0):
-            b = partner[n0 + index].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
-            _multiply(grad, b, cols[index].view(g, k, band).transpose(1, 2), accumulate=products > 0)
-            products += 1
+            _multiply(y[n0].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out], w, cols[0], accumulate=False)
+        if grad is not None:
+            _weight_product(grad, cols, partner, (n0, n1, r0, r1), fold_batch, accumulate=index > 0)
     return y if grad is None else (y, grad.view(g * og, cg, kh, kw))
+
+
+def _columns(patches: torch.Tensor, block: tuple[int, int, int, int], groups: int, fold_batch: bool) -> torch.Tensor:
+    """One block's column matrix (:func:`_blocks`), ``X_col[(c,u,v), ·] = x_pad[c, s·i + d·u, s·j + d·v]``
+    copied from the window view ``patches`` (N, C, H_out, W_out, k_h, k_w) into the reused buffer:
+    (g, K, nb·band) with columns (n, i, j) when ``fold_batch``, else (nb, g, K, band)."""
+    n0, n1, r0, r1 = block
+    part = patches[n0:n1, :, r0:r1]
+    nb, c, rows, cols_out, kh, kw = part.shape
+    cg = c // groups
+    if fold_batch:
+        cols = workspace.buffer("columns", (groups, cg, kh, kw, nb, rows, cols_out), part.dtype, part.device)
+        cols.copy_(part.permute(1, 4, 5, 0, 2, 3).unflatten(0, (groups, cg)))
+        return cols.view(groups, cg * kh * kw, nb * rows * cols_out)
+    cols = workspace.buffer("columns", (nb, groups, cg, kh, kw, rows, cols_out), part.dtype, part.device)
+    cols.copy_(part.permute(0, 1, 4, 5, 2, 3).unflatten(1, (groups, cg)))
+    return cols.view(nb, groups, cg * kh * kw, rows * cols_out)
+
+
+def _weight_product(grad: torch.Tensor, cols: torch.Tensor, y: torch.Tensor, block: tuple[int, int, int, int],
+                    fold_batch: bool, accumulate: bool) -> None:
+    """``grad[g] (+)= Y[g] · X_col[g]ᵀ`` for one block of :func:`_columns`: y's block copied channel-major
+    to match folded columns, or image by image (no copy) against per-image columns."""
+    n0, n1, r0, r1 = block
+    groups, cols_out = grad.shape[0], y.shape[3]
+    if fold_batch:
+        y_cm = workspace.buffer("partner", (y.shape[1], n1 - n0, r1 - r0, cols_out), y.dtype, y.device)
+        y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
+        _multiply(grad, y_cm.view(groups, grad.shape[1], -1), cols.transpose(1, 2), accumulate)
+        return
+    for index in range(n1 - n0):
+        rows = y[n0 + index].reshape(groups, grad.shape[1], -1)[:, :, r0 * cols_out: r1 * cols_out]
+        _multiply(grad, rows, cols[index].transpose(1, 2), accumulate or index > 0)
 
 
 def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None = None):
@@ -545,28 +566,12 @@ def correlate_weight_im2col(x: torch.Tensor, y: torch.Tensor, geometry: Geometry
     copy of y."""
     g, (kh, kw), (rows_out, cols_out) = geometry.groups, geometry.kernel_size, geometry.output_size
     n, o, c = x.shape[0], y.shape[1], x.shape[1]
-    og, cg = o // g, c // g
-    k, positions = cg * kh * kw, rows_out * cols_out
+    k, positions = c // g * kh * kw, rows_out * cols_out
     patches = kernels.windows(_padded(x, geometry, "padded"), geometry)
-    grad = x.new_empty(g, og, k)
-    products = 0                                                              # into grad so far
-    for n0, n1, r0, r1 in _blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), grad.numel()):
-        nb, rb = n1 - n0, r1 - r0
-        if fold_batch:
-            cols = workspace.buffer("columns", (g, cg, kh, kw, nb, rb, cols_out), x.dtype, x.device)
-            cols.copy_(patches[n0:n1, :, r0:r1].permute(1, 4, 5, 0, 2, 3).unflatten(0, (g, cg)))
-            y_cm = workspace.buffer("product", (o, nb, rb, cols_out), x.dtype, x.device)
-            y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
-            _multiply(grad, y_cm.view(g, og, -1), cols.view(g, k, -1).transpose(1, 2), accumulate=products > 0)
-            products += 1
-            continue
-        cols = workspace.buffer("columns", (nb, g, cg, kh, kw, rb, cols_out), x.dtype, x.device)
-        cols.copy_(patches[n0:n1, :, r0:r1].permute(0, 1, 4, 5, 2, 3).unflatten(1, (g, cg)))
-        for index in range(nb):
-            rows = y[n0 + index].reshape(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out]
-            _multiply(grad, rows, cols[index].view(g, k, rb * cols_out).transpose(1, 2), accumulate=products > 0)
-            products += 1
-    return grad.view(o, cg, kh, kw)
+    grad = x.new_empty(g, o // g, k)
+    for index, block in enumerate(_blocks(n, rows_out, g * k * positions, x.numel(), y.numel(), grad.numel())):
+        _weight_product(grad, _columns(patches, block, g, fold_batch), y, block, fold_batch, accumulate=index > 0)
+    return grad.view(o, c // g, kh, kw)
 
 
 def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometry, blocked: bool) -> torch.Tensor:

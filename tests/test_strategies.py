@@ -94,7 +94,8 @@ def test_no_strategy_runs_a_native_convolution(contraction, name):
 @pytest.mark.parametrize("contraction,name", [("correlate", "im2col"), ("correlate", "im2col_folded"),
                                                ("correlate_weight", "im2col"), ("correlate_weight", "im2col_folded"),
                                                ("correlate_transpose", "col2im"),
-                                               ("correlate_transpose", "col2im_folded"),
+                                               ("correlate_transpose", "col2im_folded"), ("correlate_pair", "im2col"),
+                                               ("correlate_pair", "im2col_folded"), ("correlate_pair", "row_shifted"),
                                                ("correlate", "row_shifted"), ("correlate_weight", "row_shifted")])
 def test_im2col_works_in_bands_of_rows_when_one_image_exceeds_the_column_budget(contraction, name, monkeypatch):
     monkeypatch.setattr(strategies, "COLUMN_BUDGET", 0)
