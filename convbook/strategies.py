@@ -308,7 +308,8 @@ def _weight_product(grad: torch.Tensor, cols: torch.Tensor, y: torch.Tensor, blo
     n0, n1, r0, r1 = block
     groups, cols_out = grad.shape[0], y.shape[3]
     if fold_batch:
-        y_cm = workspace.buffer("partner", (y.shape[1], n1 - n0, r1 - r0, cols_out), y.dtype, y.device)
+        # the "product" slot is free here: correlate_im2col has copied its product into the result
+        y_cm = workspace.buffer("product", (y.shape[1], n1 - n0, r1 - r0, cols_out), y.dtype, y.device)
         y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
         _multiply(grad, y_cm.view(groups, grad.shape[1], -1), cols.transpose(1, 2), accumulate)
         return
