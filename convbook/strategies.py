@@ -189,11 +189,12 @@ def _frame(target: torch.Tensor, window: tuple[int, int, int, int], source: Call
 
 
 def _padded(x: torch.Tensor, geometry: Geometry, name: str, extent: tuple[int, int] | None = None) -> torch.Tensor:
-    """x padded (or cropped) to the extent its windows read (or ``extent`` rows and columns), in a
-    reused buffer (NCHW)."""
+    """x padded to the extent its windows read (or ``extent`` rows and columns), in a reused buffer
+    (NCHW) -- or x itself when no zero is needed: the windows are strided views that never read
+    past their extent, so rows and columns they do not reach need no cropping copy."""
     (top, left), (rows, cols) = geometry.padding, extent or geometry.extent()
     n, c, height, width = x.shape
-    if (top, left) == (0, 0) and (rows, cols) == (height, width):
+    if (top, left) == (0, 0) and rows <= height and cols <= width:
         return x
     padded = workspace.buffer(name, (n, c, rows, cols), x.dtype, x.device)
     r0, r1 = _inside(height, rows, 1, -top)
