@@ -426,10 +426,20 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
 # correlate_transpose: ConvTranspose2d forward and Conv2d input gradient (eqs. 3.4, 4.1)
 # --------------------------------------------------------------------------------------------
 
+def _tiles(geometry: Geometry) -> bool:
+    """Whether the taps tile the image: k = s, d = 1, p = 0 and the image exactly s times y, so each
+    image position receives exactly one tap of exactly one y position (the 2 × 2, stride-2
+    upsampling): the scatter is then a set of copies into an image that needs no zeros first."""
+    return (geometry.kernel_size == geometry.stride and geometry.dilation == (1, 1) and geometry.padding == (0, 0)
+            and geometry.input_size == tuple(s * o for s, o in zip(geometry.stride, geometry.output_size)))
+
+
 def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, weights=None) -> None:
     """col2im: ``image[:, :, s·i + d·u − p, s·j + d·v − p] += columns[:, :, u, v, i, j]`` (times
     ``weights[:, u, v]`` when given) for the (i, j) that land inside the image -- eq. (3.4)'s
-    scatter, with no padded image to crop afterwards."""
+    scatter, with no padded image to crop afterwards. Where the taps tile the image (:func:`_tiles`)
+    the additions are copies, and the image may start uninitialised."""
+    assign = weights is None and _tiles(geometry)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (top, left), (rows_out, cols_out) = geometry.padding, geometry.output_size
     height, width = image.shape[2:]
@@ -440,7 +450,9 @@ def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, we
             if i1 == i0 or j1 == j0:
                 continue
             target = image[:, :, _strided(i0, i1, sh, dh * u - top), _strided(j0, j1, sw, dw * v - left)]
-            if weights is None:
+            if assign:
+                target.copy_(columns[:, :, u, v, i0:i1, j0:j1])
+            elif weights is None:
                 target += columns[:, :, u, v, i0:i1, j0:j1]
             else:
                 target.addcmul_(columns[:, :, i0:i1, j0:j1], weights[:, :, u, v])
@@ -455,7 +467,7 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
     n, (kh, kw), (rows_out, cols_out) = y.shape[0], geometry.kernel_size, geometry.output_size
     k, positions = cg * kh * kw, rows_out * cols_out
     w_t = weight.reshape(g, og, k).transpose(1, 2)
-    image = y.new_zeros(n, g * cg, *geometry.input_size)
+    image = (y.new_empty if _tiles(geometry) else y.new_zeros)(n, g * cg, *geometry.input_size)
     for n0, n1, _, _ in _blocks(n, 1, g * k * positions, y.numel(), image.numel(), weight.numel()):
         nb = n1 - n0
         if fold_batch:

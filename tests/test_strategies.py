@@ -31,6 +31,8 @@ CASES = {
     "transposed_groups_dilation": ("conv_transpose2d", (1, 4, 5, 4), (4, 3, 3, 2), dict(stride=(2, 1), dilation=(1, 2), groups=2)),
     "transposed_depthwise": ("conv_transpose2d", (2, 3, 5, 5), (3, 1, 3, 3), dict(stride=2, groups=3, padding=2)),
     "transposed_stride_3_kernel_2": ("conv_transpose2d", (1, 2, 4, 4), (2, 3, 2, 2), dict(stride=3, padding=1, output_padding=2)),
+    "transposed_taps_tile_the_image": ("conv_transpose2d", (2, 4, 5, 6), (4, 3, 2, 2), dict(stride=2)),
+    "conv_kernel_equals_stride": ("conv2d", (2, 3, 8, 10), (4, 3, 2, 2), dict(stride=2)),
 }
 
 NAMED_STRATEGIES = [(contraction, name) for contraction, names in strategies.STRATEGIES.items() for name in names]
