@@ -54,13 +54,19 @@ def _kernel(contraction: str, *operands: torch.Tensor) -> Callable[[torch.Tensor
     :mod:`convbook.compiled`) where Python must not step into the kernels' scratch buffers:
     while torch.compile traces, and on the batched tensors of the prototype vmap that
     ``gradcheck(check_batched_grad=True)`` uses (which runs such an operator once per example)."""
-    if torch.compiler.is_compiling() or any(_prototype_batched(t) for t in operands):
+    if not _kernels_reachable(*operands):
         from . import compiled
         return compiled.contraction(contraction)
     return getattr(kernels, contraction)
 
 
 _PROTOTYPE_BATCHED = torch._C._parse_dispatch_key("Batched")
+
+
+def _kernels_reachable(*operands: torch.Tensor) -> bool:
+    """Whether Python may step into the kernels on these operands: no torch.compile trace and no
+    tensor of the prototype vmap (see :func:`_kernel`)."""
+    return not torch.compiler.is_compiling() and not any(_prototype_batched(t) for t in operands)
 
 
 def _prototype_batched(t: torch.Tensor) -> bool:
@@ -297,8 +303,8 @@ def _paired(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weigh
     tensors = (grad_output, layer_input, weight)
     if not (needed[0] and needed[1]) or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
         return None
-    if any(t.dtype not in (torch.float32, torch.float64) or t.dtype != weight.dtype or _prototype_batched(t)
-           for t in tensors) or torch.compiler.is_compiling():
+    if any(t.dtype not in (torch.float32, torch.float64) or t.dtype != weight.dtype for t in tensors) \
+            or not _kernels_reachable(*tensors):
         return None
     return strategies.backward_pair(op, grad_output, layer_input, weight, geometry)
 

@@ -817,7 +817,7 @@ def run_pair(a: torch.Tensor, weight: torch.Tensor, b: torch.Tensor, geometry: G
 
 
 def choose_pair(op: str, batch: int, in_channels: int, out_channels: int, geometry: Geometry):
-    """(strategy or None, reason, the correlation's Geometry) for computing a backward's two gradients
+    """(strategy or None, reason) for computing a backward's two gradients
     together: the input gradient is a correlation of grad_output (for ``conv_transpose2d`` always,
     eq. 4.5; for ``conv2d`` at stride 1, with the flipped kernel), and the weight gradient is a
     correlate_weight of the same grad_output with the layer's input, so the strategy's column
@@ -826,20 +826,20 @@ def choose_pair(op: str, batch: int, in_channels: int, out_channels: int, geomet
     forced_now = getattr(_local, "forced", {})
     pinned = forced_now.get("correlate_pair")
     if forced_now and pinned is None:
-        return None, "a single contraction is forced: the two gradients run separately", None
+        return None, "a single contraction is forced: the two gradients run separately"
     if op == "conv2d":
         if pinned is None and choose("correlate_transpose", batch, in_channels, out_channels, geometry)[0] != "phase":
-            return None, "the input gradient is not by phases of correlations: nothing to share", None
+            return None, "the input gradient is not by phases of correlations: nothing to share"
         if pinned is None and geometry.stride != (1, 1):
             return None, ("stride > 1: the phases' weight gradients would need x split into phases, and "
-                          "measured slower than the separate weight gradient"), None
+                          "measured slower than the separate weight gradient")
         return "phase", ("each phase of the input gradient is a correlation of grad_output whose columns also "
-                         "give the weight gradient of the phase's taps"), geometry
+                         "give the weight gradient of the phase's taps")
     name, why = (pinned, "forced by strategies.forced()") if pinned else choose(
         "correlate", batch, in_channels, out_channels, geometry)
     if name not in STRATEGIES["correlate_pair"]:
-        return None, f"the input gradient's correlation uses {name!r}, which shares nothing", None
-    return name, f"the input gradient's {name} columns of grad_output also give the weight gradient ({why})", geometry
+        return None, f"the input gradient's correlation uses {name!r}, which shares nothing"
+    return name, f"the input gradient's {name} columns of grad_output also give the weight gradient ({why})"
 
 
 def backward_pair(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weight: torch.Tensor,
@@ -854,7 +854,7 @@ def backward_pair(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor,
         in_channels, out_channels = grad_output.shape[1], layer_input.shape[1]
     if min(grad_output.numel(), layer_input.numel(), weight.numel()) == 0:
         return None
-    name, _, _ = choose_pair(op, layer_input.shape[0], in_channels, out_channels, geometry)
+    name, _ = choose_pair(op, layer_input.shape[0], in_channels, out_channels, geometry)
     if name is None:
         return None
     if op == "conv2d":
@@ -894,6 +894,6 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
         raise ValueError(f"op must be 'conv2d' or 'conv_transpose2d', not {op!r}")
     explained = {role: choose(contraction, shape[0], in_channels, out_channels, geometry)
                  for role, contraction in roles.items()}
-    name, why, _ = choose_pair(op, shape[0], in_channels, out_channels, geometry)
+    name, why = choose_pair(op, shape[0], in_channels, out_channels, geometry)
     explained["backward"] = (name or "separate", why)
     return explained
