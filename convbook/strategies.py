@@ -20,9 +20,10 @@ Strategies (``name: equation``):
   product whose shifted parts are added up:
   ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
 * ``depthwise`` -- one input channel per group: a multiply-accumulate per tap on the flattened
-  phase planes (as in ``shifted``), block of channels by block,
-  ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``; its weight gradient is ``shifted``
-  with O_g = C_g = 1 (a dot product per channel and tap), run block of channels by block.
+  phase planes (as in ``shifted``), block of channels by block (planes built, passed over and copied
+  out while in the cache), ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``; its weight
+  gradient is ``shifted`` with O_g = C_g = 1 (a dot product per channel and tap), run block of channels
+  by block; at stride 1 its adjoint is the ``phase``: one depthwise correlation with the flipped kernel.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
   rows ``s·i + d·u − p`` of the image (only the rows that land inside it); ``col2im_folded`` the
   same with the batch folded into the product's columns.
@@ -32,8 +33,8 @@ Strategies (``name: equation``):
 * ``plain`` -- the plain vectorised version of :mod:`convbook.kernels` (einsum).
 
 Pairs (``correlate_pair``): a backward that needs both gradients reads grad_output's windows
-twice -- im2col, shifted and row_shifted then build its columns (or planes) once and run both
-products on them (:func:`backward_pair`, book eq. perf-pair).
+twice -- im2col, shifted, row_shifted and depthwise then build its columns (or planes) once and run
+both products on them (:func:`backward_pair`, book eq. perf-pair).
 
 :func:`choose` picks one from the shapes and says why; :func:`explain` does so for a public call;
 ``with forced("shifted"):`` overrides the choice on this thread.
@@ -87,7 +88,7 @@ def _strided(lo: int, hi: int, step: int, start: int) -> slice:
     return slice(first, first + step * (hi - lo - 1) + 1, step)
 
 
-def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
+def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int = 0, border: bool = True):
     """The padded input split into stride phases, channel-major and flattened:
 
         planes[a][b][c, n·R·Q + r·Q + q] = x_pad[n, c, s_h·r + a, s_w·q + b],   x_pad[.., t, ..] = x[.., t − p, ..]
@@ -97,6 +98,10 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
     ``n·R·Q + i·Q + j + off(u, v)`` of its plane, ``off = ⌊d·u/s_h⌋·Q + ⌊d·v/s_w⌋`` (eq. 1.1 with the
     stride absorbed into the phase). Returns (planes indexed by phase, R, Q); zeros where the
     index map falls outside x.
+
+    Block by block of channels (depthwise), the buffer holds ``capacity`` channels and the blocks use
+    its first ones; with ``border=False`` only the window inside x is copied -- the zeros around it
+    are the previous block's, written by the call with ``border=True``.
     """
     n, c, height, width = x.shape
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
@@ -104,14 +109,18 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str):
     row_phases = sorted({dh * u % sh for u in range(kh)})
     col_phases = sorted({dw * v % sw for v in range(kw)})
     rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
-    planes = workspace.buffer(name, (len(row_phases), len(col_phases), c, n, rows, cols), x.dtype, x.device)
+    planes = workspace.buffer(name, (len(row_phases), len(col_phases), max(c, capacity), n, rows, cols),
+                              x.dtype, x.device)[:, :, :c]
     x_cm = x.transpose(0, 1)
     for ia, a in enumerate(row_phases):
         r0, r1 = _inside(height, rows, sh, a - top)
         for ib, b in enumerate(col_phases):
             q0, q1 = _inside(width, cols, sw, b - left)
-            _frame(planes[ia, ib], (r0, r1, q0, q1),
-                   lambda: x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)])
+            window = x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)]
+            if border:
+                _frame(planes[ia, ib], (r0, r1, q0, q1), lambda: window)
+            elif r1 > r0 and q1 > q0:
+                planes[ia, ib, :, :, r0:r1, q0:q1].copy_(window)
     phase_of = {(a, b): planes[ia, ib].reshape(c, -1) for ia, a in enumerate(row_phases)
                 for ib, b in enumerate(col_phases)}
     return phase_of, rows, cols
@@ -394,32 +403,66 @@ DEPTHWISE_BLOCK = 1 << 18
 a block's planes and partial sums stay in the cache through all k_h·k_w passes."""
 
 
-def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
+def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None = None):
     """Depthwise (one input and one output channel per group): k_h·k_w multiply-accumulates,
     ``y[c] = Σ_{u,v} w[c,0,u,v] · P_{(du mod s_h, dv mod s_w)}[c][off(u,v) : off(u,v) + L']`` on the
     flattened phase planes of :func:`_phase_planes` -- no product has anything to contract, so
     elementwise passes are the whole work. On the planes each pass runs over one long row per
-    channel (not the short rows of a window view), and the passes go block of channels by block
-    (:data:`DEPTHWISE_BLOCK`), so that each block is read from the cache after its first pass."""
+    channel (not the short rows of a window view), and everything goes block of channels by block
+    (:data:`DEPTHWISE_BLOCK`): a block's planes are built, passed over k_h·k_w times and copied out
+    while they stay in the cache.
+
+    With a ``partner`` b (N, C, H_out, W_out) the same shifted planes also give the weight gradient
+    ``∂w[c,0,u,v] = B[c] · P[c][off(u,v) : off(u,v) + L']`` (eq. 3.3; b laid out on the planes' grid,
+    zeros where a flattened row wraps), k_h·k_w dot products per channel while the block is in the
+    cache, and the result is the pair (y, ∂w)."""
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     n, c, (rows_out, cols_out) = x.shape[0], x.shape[1], geometry.output_size
-    planes, rows, cols = _phase_planes(x, geometry, "planes")
+    rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
     span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
     taps = weight.reshape(c, kh * kw, 1)
     y = x.new_empty(n, c, rows_out, cols_out)
+    grad = None if partner is None else x.new_empty(kh * kw, c, 1, 1)
     step = max(1, DEPTHWISE_BLOCK // (n * rows * cols))
-    sources = _shifted_sources(planes, geometry, cols, c, span)  # one (c, 1, L') view per tap
     for c0 in range(0, c, step):
-        c1 = min(c, c0 + step)
+        c1, first = min(c, c0 + step), c0 == 0
+        planes, _, _ = _phase_planes(x[:, c0:c1], geometry, "planes", capacity=step, border=first)
+        if first:  # the later blocks' planes are prefixes of the first's buffer: the same views serve
+            sources = [source[:, 0] for _, _, source in _shifted_sources(planes, geometry, cols, c1 - c0, span)]
+            # ... and as (b, L', 1) columns for the dot products (:func:`_dot_operands`)
+            columns = [_dot_operands(source)[1] for source in sources] if partner is not None else []
+        shifted, products = ((sources, columns) if c1 - c0 == len(sources[0]) else
+                             ([t[:c1 - c0] for t in sources], [t[:c1 - c0] for t in columns]))
         out = workspace.buffer("product", (c1 - c0, span), x.dtype, x.device)
-        for u, v, source in sources:
-            if (u, v) == (0, 0):
-                torch.mul(source[c0:c1, 0], taps[c0:c1, 0], out=out)
+        block = taps[c0:c1].unbind(1)
+        for t, source in enumerate(shifted):
+            if t == 0:
+                torch.mul(source, block[0], out=out)
             else:
-                out.addcmul_(source[c0:c1, 0], taps[c0:c1, u * kw + v])
+                out.addcmul_(source, block[t])
+        if partner is not None:
+            spread = workspace.buffer("spread", (max(c, step), n, rows, cols), x.dtype, x.device)[:c1 - c0]
+            if first:
+                _frame(spread, (0, rows_out, 0, cols_out), lambda: partner[:, c0:c1].transpose(0, 1))
+            else:
+                spread[:, :, :rows_out, :cols_out].copy_(partner[:, c0:c1].transpose(0, 1))
+            row = _dot_operands(spread.view(c1 - c0, -1)[:, :span])[0]
+            for dot, column in zip(grad[:, c0:c1].unbind(0), products):
+                dot.baddbmm_(row, column, beta=0)
         y[:, c0:c1].copy_(out.as_strided((c1 - c0, n, rows_out, cols_out), (span, rows * cols, cols, 1))
                           .transpose(0, 1))
-    return y
+    if grad is None:
+        return y
+    return y, grad.view(kh, kw, c).permute(2, 0, 1).reshape(c, 1, kh, kw)
+
+
+def _dot_operands(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b, L) rows as (b, 1, L) and as (b, L, 1), for b dot products by one batched product
+    (b, 1, L) @ (b, L, 1). The size-1 dimensions carry the row stride: with the strides a plain
+    ``unsqueeze`` gives, the library takes a path about 90 times slower for these shapes."""
+    (b, length), stride, offset = rows.shape, rows.stride(0), rows.storage_offset()
+    return (rows.as_strided((b, 1, length), (stride, stride, 1), offset),
+            rows.as_strided((b, length, 1), (stride, 1, stride), offset))
 
 
 # --------------------------------------------------------------------------------------------
@@ -705,6 +748,7 @@ STRATEGIES: dict[str, dict[str, tuple[Callable, Callable]]] = {
         "im2col_folded": (partial(correlate_im2col, fold_batch=True), _always),
         "shifted": (correlate_shifted, _always),
         "row_shifted": (correlate_row_shifted, _always),
+        "depthwise": (correlate_depthwise, _depthwise),
     },
 }
 """contraction → {strategy name → (function, applies(groups, in_channels, out_channels))}. The pair's
@@ -752,6 +796,9 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
     largest = max(batch * in_channels * math.prod(geometry.input_size), batch * out_channels * positions,
                   out_channels * cg * kh * kw)
     columns_fit = in_channels * kh * kw * positions <= COLUMN_BUDGET * largest
+    if _depthwise(g, in_channels, out_channels) and contraction == "correlate_transpose" and (sh, sw) == (1, 1):
+        return "phase", ("depthwise at stride 1: the adjoint is one depthwise correlation of y with the flipped "
+                         "kernel (block by block in the cache, and its planes of y also serve a weight gradient)")
     if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
         return "depthwise", "depthwise: nothing to contract over channels, a multiply-accumulate per tap"
     large_kernel = kh * kw >= 25 and sh == 1

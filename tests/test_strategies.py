@@ -113,10 +113,13 @@ def test_large_frames_zero_only_their_border(name, monkeypatch):
                             stride=(1, 2), groups=4 if name == "depthwise" else 1)
 
 
-def test_depthwise_works_block_of_channels_by_block(monkeypatch):
-    monkeypatch.setattr(strategies, "DEPTHWISE_BLOCK", 1)
+@pytest.mark.parametrize("per_block", [1, 2, 3])
+def test_depthwise_works_block_of_channels_by_block(per_block, monkeypatch):
+    # a phase plane of this layer holds N·R·Q = 2·9·4 = 72 elements per channel: blocks of 1, 2 or 3
+    # of the 5 channels (the last block smaller, reusing the first block's buffer and its zero border)
+    monkeypatch.setattr(strategies, "DEPTHWISE_BLOCK", 72 * per_block)
     with strategies.forced("depthwise"):
-        check_against_torch("conv2d", (2, 4, 7, 6), (4, 1, 3, 3), groups=4, padding=1, stride=(1, 2), dilation=(2, 1))
+        check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1, stride=(1, 2), dilation=(2, 1))
 
 
 def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
