@@ -426,7 +426,7 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     step = max(1, DEPTHWISE_BLOCK // (n * rows * cols))
     for c0 in range(0, c, step):
         c1, first = min(c, c0 + step), c0 == 0
-        planes, _, _ = _phase_planes(x[:, c0:c1], geometry, "planes", capacity=step, border=first)
+        planes, _, _ = _phase_planes(x[:, c0:c1], geometry, "planes", capacity=min(c, step), border=first)
         if first:  # the later blocks' planes are prefixes of the first's buffer: the same views serve
             sources = [source[:, 0] for _, _, source in _shifted_sources(planes, geometry, cols, c1 - c0, span)]
             # ... and as (b, L', 1) columns for the dot products (:func:`_dot_operands`)
@@ -441,7 +441,7 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
             else:
                 out.addcmul_(source, block[t])
         if partner is not None:
-            spread = workspace.buffer("spread", (max(c, step), n, rows, cols), x.dtype, x.device)[:c1 - c0]
+            spread = workspace.buffer("spread", (min(c, step), n, rows, cols), x.dtype, x.device)[:c1 - c0]
             if first:
                 _frame(spread, (0, rows_out, 0, cols_out), lambda: partner[:, c0:c1].transpose(0, 1))
             else:
