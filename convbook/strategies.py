@@ -470,36 +470,55 @@ def _dot_operands(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # correlate_transpose: ConvTranspose2d forward and Conv2d input gradient (eqs. 3.4, 4.1)
 # --------------------------------------------------------------------------------------------
 
-def _tiles(geometry: Geometry) -> bool:
-    """Whether the taps tile the image: k = s, d = 1, p = 0 and the image exactly s times y, so each
-    image position receives exactly one tap of exactly one y position (the 2 × 2, stride-2
-    upsampling): the scatter is then a set of copies into an image that needs no zeros first."""
-    return (geometry.kernel_size == geometry.stride and geometry.dilation == (1, 1) and geometry.padding == (0, 0)
-            and geometry.input_size == tuple(s * o for s, o in zip(geometry.stride, geometry.output_size)))
+def _tap_ranges(size: int, count: int, step: int, dilation: int, pad: int, taps: int) -> dict:
+    """{tap u: (phase a, k0, k1, m0, m1)}: tap u of outputs m in [m0, m1) lands on the image positions
+    ``s·m + d·u − p`` inside [0, size), which are positions k0 ≤ k < k1 of the phase grid
+    ``a, a + s, a + 2s, ...`` (taps that land nowhere are left out)."""
+    ranges = {}
+    for u in range(taps):
+        m0, m1 = _inside(size, count, step, dilation * u - pad)
+        if m1 > m0:
+            first = step * m0 + dilation * u - pad
+            ranges[u] = (first % step, first // step, first // step + m1 - m0, m0, m1)
+    return ranges
 
 
 def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, weights=None) -> None:
-    """col2im: ``image[:, :, s·i + d·u − p, s·j + d·v − p] += columns[:, :, u, v, i, j]`` (times
-    ``weights[:, u, v]`` when given) for the (i, j) that land inside the image -- eq. (3.4)'s
-    scatter, with no padded image to crop afterwards. Where the taps tile the image (:func:`_tiles`)
-    the additions are copies, and the image may start uninitialised."""
-    assign = weights is None and _tiles(geometry)
+    """col2im: ``image[:, :, s·i + d·u − p, s·j + d·v − p] = Σ_{u,v} columns[:, :, u, v, i, j]`` (times
+    ``weights[:, u, v]`` when given) over the (i, j) that land inside the image -- eq. (3.4)'s scatter,
+    with no padded image to crop afterwards.
+
+    ``image`` may start uninitialised. It splits into s_h·s_w phase grids (positions ≡ (a, b) mod s);
+    in each, the first tap that covers the whole grid is *written* (a copy) and the others added. Only
+    when some grid has no such tap is the image zeroed first (one contiguous pass; zeroing that grid
+    alone would be a slower strided one). Stride 2, k = 3: every grid has a covering tap, so no pass
+    zeroes the image and the (even, even) grid is a single copy; k = s (2 × 2 upsampling): copies only.
+    """
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (top, left), (rows_out, cols_out) = geometry.padding, geometry.output_size
     height, width = image.shape[2:]
-    for u in range(kh):
-        i0, i1 = _inside(height, rows_out, sh, dh * u - top)
-        for v in range(kw):
-            j0, j1 = _inside(width, cols_out, sw, dw * v - left)
-            if i1 == i0 or j1 == j0:
-                continue
-            target = image[:, :, _strided(i0, i1, sh, dh * u - top), _strided(j0, j1, sw, dw * v - left)]
-            if assign:
-                target.copy_(columns[:, :, u, v, i0:i1, j0:j1])
-            elif weights is None:
-                target += columns[:, :, u, v, i0:i1, j0:j1]
+    row_taps = _tap_ranges(height, rows_out, sh, dh, top, kh)
+    col_taps = _tap_ranges(width, cols_out, sw, dw, left, kw)
+    plan = []                                                    # (grid, its taps, covering tap or None)
+    for a in range(min(sh, height)):
+        for b in range(min(sw, width)):
+            grid = image[:, :, a::sh, b::sw]
+            taps = [(u, v) for u in row_taps if row_taps[u][0] == a for v in col_taps if col_taps[v][0] == b]
+            whole = (0, grid.shape[2]), (0, grid.shape[3])
+            cover = next((t for t in taps if (row_taps[t[0]][1:3], col_taps[t[1]][1:3]) == whole), None)
+            plan.append((grid, taps, cover))
+    if any(cover is None for _, _, cover in plan):
+        image.zero_()
+    for grid, taps, cover in plan:
+        for u, v in sorted(taps, key=lambda t: t != cover):      # the covering tap first
+            (_, k0, k1, m0, m1), (_, l0, l1, n0, n1) = row_taps[u], col_taps[v]
+            target, first = grid[:, :, k0:k1, l0:l1], (u, v) == cover
+            if weights is None:
+                source = columns[:, :, u, v, m0:m1, n0:n1]
+                target.copy_(source) if first else target.add_(source)
             else:
-                target.addcmul_(columns[:, :, i0:i1, j0:j1], weights[:, :, u, v])
+                source, w = columns[:, :, m0:m1, n0:n1], weights[:, :, u, v]
+                torch.mul(source, w, out=target) if first else target.addcmul_(source, w)
 
 
 def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tensor:
@@ -511,7 +530,7 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
     n, (kh, kw), (rows_out, cols_out) = y.shape[0], geometry.kernel_size, geometry.output_size
     k, positions = cg * kh * kw, rows_out * cols_out
     w_t = weight.reshape(g, og, k).transpose(1, 2)
-    image = (y.new_empty if _tiles(geometry) else y.new_zeros)(n, g * cg, *geometry.input_size)
+    image = y.new_empty(n, g * cg, *geometry.input_size)
     for n0, n1, _, _ in _blocks(n, 1, g * k * positions, y.numel(), image.numel(), weight.numel()):
         nb = n1 - n0
         if fold_batch:
@@ -608,7 +627,7 @@ def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: G
 def correlate_transpose_depthwise(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """Depthwise adjoint: ``x[n,c, s·i + d·u − p, ·] += w[c,0,u,v] · y[n,c,i,j]`` tap by tap, a
     multiply-accumulate into strided slices of the image."""
-    image = y.new_zeros(y.shape[0], y.shape[1], *geometry.input_size)
+    image = y.new_empty(y.shape[0], y.shape[1], *geometry.input_size)
     _add_taps(image, y, geometry, weights=weight.reshape(1, weight.shape[0], *geometry.kernel_size, 1, 1))
     return image
 

@@ -1,12 +1,13 @@
 """Chapter 7's claims: every fast strategy is exactly PyTorch's convolution, on its own, forward and
 backward; the dispatcher says what it picks; scratch buffers are bounded, per thread, never aliased."""
+import math
 import threading
 
 import pytest
 import torch
 
 import convbook
-from convbook import strategies, workspace
+from convbook import checks, strategies, workspace
 from convbook.dispatch import convolution_ops, record_aten_ops
 from oracle import check_against_torch
 
@@ -120,6 +121,37 @@ def test_depthwise_works_block_of_channels_by_block(per_block, monkeypatch):
     monkeypatch.setattr(strategies, "DEPTHWISE_BLOCK", 72 * per_block)
     with strategies.forced("depthwise"):
         check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1, stride=(1, 2), dilation=(2, 1))
+
+
+def _image_geometry(op, input_shape, weight_shape, kwargs):
+    """The Geometry whose image (input_size) col2im scatters into: conv2d's x, conv_transpose2d's output."""
+    x, w = torch.empty(input_shape), torch.empty(weight_shape)
+    if op == "conv2d":
+        return checks.conv2d_geometry(x, w, None, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                                      kwargs.get("dilation", 1), kwargs.get("groups", 1))
+    return checks.conv_transpose2d_geometry(x, w, None, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                                            kwargs.get("output_padding", 0), kwargs.get("groups", 1),
+                                            kwargs.get("dilation", 1))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["col2im", "depthwise"])
+@pytest.mark.parametrize("case", CASES)
+def test_the_scatter_writes_every_position_of_an_uninitialised_image(case, weighted):
+    # col2im (eq. 3.4's scatter) writes the first tap that covers a phase grid instead of zeroing the
+    # image first: started from NaN or from zeros, the image must come out the same, and NaN-free
+    geometry = _image_geometry(*CASES[case])
+    (kh, kw), (rows, cols), channels = geometry.kernel_size, geometry.output_size, 3
+    generator = torch.Generator().manual_seed(0)
+    if weighted:
+        columns = torch.randn(2, channels, rows, cols, generator=generator, dtype=torch.float64)
+        weights = torch.randn(1, channels, kh, kw, 1, 1, generator=generator, dtype=torch.float64)
+    else:
+        columns = torch.randn(2, channels, kh, kw, rows, cols, generator=generator, dtype=torch.float64)
+        weights = None
+    images = [torch.full((2, channels, *geometry.input_size), start, dtype=torch.float64) for start in (math.nan, 0.0)]
+    for image in images:
+        strategies._add_taps(image, columns, geometry, weights)
+    assert not images[0].isnan().any() and torch.equal(*images)
 
 
 def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
