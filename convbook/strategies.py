@@ -109,15 +109,17 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int 
     row_phases = sorted({dh * u % sh for u in range(kh)})
     col_phases = sorted({dw * v % sw for v in range(kw)})
     rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
-    planes = workspace.buffer(name, (len(row_phases), len(col_phases), max(c, capacity), n, rows, cols),
-                              x.dtype, x.device)[:, :, :c]
-    x_cm = x.transpose(0, 1)
+    windows = [[(*_inside(height, rows, sh, a - top), *_inside(width, cols, sw, b - left)) for b in col_phases]
+               for a in row_phases]
+    planes, kept = workspace.framed_buffer(name, (len(row_phases), len(col_phases), max(c, capacity), n, rows, cols),
+                                           tuple(map(tuple, windows)), x.dtype, x.device)
+    planes, x_cm = planes[:, :, :c], x.transpose(0, 1)
     for ia, a in enumerate(row_phases):
-        r0, r1 = _inside(height, rows, sh, a - top)
         for ib, b in enumerate(col_phases):
-            q0, q1 = _inside(width, cols, sw, b - left)
+            r0, r1, q0, q1 = windows[ia][ib]
             _frame(planes[ia, ib], (r0, r1, q0, q1),
-                   lambda: x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)], border)
+                   lambda: x_cm[:, :, _strided(r0, r1, sh, a - top), _strided(q0, q1, sw, b - left)],
+                   border and not kept)
     phase_of = {(a, b): planes[ia, ib].reshape(c, -1) for ia, a in enumerate(row_phases)
                 for ib, b in enumerate(col_phases)}
     return phase_of, rows, cols
@@ -209,10 +211,10 @@ def _padded(x: torch.Tensor, geometry: Geometry, name: str, extent: tuple[int, i
     n, c, height, width = x.shape
     if (top, left) == (0, 0) and rows <= height and cols <= width:
         return x
-    padded = workspace.buffer(name, (n, c, rows, cols), x.dtype, x.device)
     r0, r1 = _inside(height, rows, 1, -top)
     q0, q1 = _inside(width, cols, 1, -left)
-    _frame(padded, (r0, r1, q0, q1), lambda: x[:, :, r0 - top: r1 - top, q0 - left: q1 - left])
+    padded, kept = workspace.framed_buffer(name, (n, c, rows, cols), (r0, r1, q0, q1), x.dtype, x.device)
+    _frame(padded, (r0, r1, q0, q1), lambda: x[:, :, r0 - top: r1 - top, q0 - left: q1 - left], border=not kept)
     return padded
 
 

@@ -12,7 +12,9 @@ Rules that keep this safe:
 * a request above :data:`SLOT_LIMIT_BYTES` gets a fresh tensor that is not kept, so the memory held
   is at most ``slots × SLOT_LIMIT_BYTES`` per thread;
 * a buffer is scratch only: its contents are undefined on return, and no strategy returns it or
-  a view of it -- every result is a fresh tensor.
+  a view of it -- every result is a fresh tensor. The one thing a slot may promise about its
+  contents is the zero border of a frame (:func:`framed_buffer`), and only while nothing but that
+  same frame has been requested from it.
 """
 from __future__ import annotations
 
@@ -37,13 +39,34 @@ def buffer(name: str, shape, dtype: torch.dtype, device: torch.device) -> torch.
     """An uninitialised tensor of ``shape`` whose memory is reused by the next request for the
     same ``name`` (same dtype and device) on this thread."""
     numel = math.prod(shape)
+    key = (name, dtype, torch.device(device))
+    _frames().pop(key, None)
     if numel * torch.empty((), dtype=dtype).element_size() > SLOT_LIMIT_BYTES:
         return torch.empty(shape, dtype=dtype, device=device)
-    slots, key = _slots(), (name, dtype, torch.device(device))
+    slots = _slots()
     flat = slots.get(key)
     if flat is None or flat.numel() < numel:
         flat = slots[key] = torch.empty(numel, dtype=dtype, device=device)
     return flat[:numel].view(shape)
+
+
+def framed_buffer(name: str, shape, frame, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """:func:`buffer`, for a caller that writes zeros around the windows described by ``frame`` (any
+    hashable value) and, after that, only inside them; and whether those zeros are still in place:
+    True when this slot's previous request on this thread was this same shape and frame (any other
+    request of the slot forgets the frame). A padded copy of the same layer's input, call after call,
+    then writes only its window."""
+    kept = _frames().get((name, dtype, torch.device(device))) == (tuple(shape), frame)
+    tensor = buffer(name, shape, dtype, device)
+    if tensor.numel() * tensor.element_size() <= SLOT_LIMIT_BYTES:
+        _frames()[(name, dtype, torch.device(device))] = (tuple(shape), frame)
+    return tensor, kept
+
+
+def _frames() -> dict:
+    if not hasattr(_local, "frames"):
+        _local.frames = {}
+    return _local.frames
 
 
 def held_bytes() -> int:
@@ -54,3 +77,4 @@ def held_bytes() -> int:
 def clear() -> None:
     """Drop this thread's buffers (the next requests allocate afresh)."""
     _slots().clear()
+    _frames().clear()

@@ -236,3 +236,33 @@ def test_buffers_are_per_thread_and_bounded():
     assert workspace.held_bytes() == held
     workspace.clear()
     assert workspace.held_bytes() == 0
+
+
+def test_a_frame_is_known_kept_only_while_its_slot_serves_the_same_frame():
+    workspace.clear()
+    request = lambda frame: workspace.framed_buffer("test", (4, 4), frame, torch.float32, "cpu")[1]  # noqa: E731
+    assert not request((1, 3, 1, 3))
+    assert request((1, 3, 1, 3))
+    assert not request((0, 3, 1, 3))                     # another frame in the slot
+    workspace.buffer("test", (4, 4), torch.float32, "cpu")
+    assert not request((0, 3, 1, 3))                     # a plain request may have written anywhere
+    assert not workspace.framed_buffer("test", (2, 8), (0, 3, 1, 3), torch.float32, "cpu")[1]
+    huge = (workspace.SLOT_LIMIT_BYTES // 4 + 1,)
+    assert not workspace.framed_buffer("test", huge, None, torch.float32, "cpu")[1]
+    assert not workspace.framed_buffer("test", huge, None, torch.float32, "cpu")[1]   # fresh, never kept
+    workspace.clear()
+
+
+@pytest.mark.parametrize("name", ["im2col", "shifted", "depthwise"])
+def test_a_padded_copy_reused_call_after_call_is_rezeroed_after_another_use_of_its_slot(name):
+    # the second call writes only the window (its zeros are still there); after the slots are
+    # overwritten with NaN by plain requests, the third call must zero the border again
+    depthwise = name == "depthwise"
+    shapes = ((2, 4, 7, 6), (4, 1 if depthwise else 4, 3, 3))
+    kwargs = dict(padding=(2, 1), groups=4 if depthwise else 1)
+    with strategies.forced(correlate=name):
+        for call in range(3):
+            if call == 2:
+                for slot in ("padded", "planes"):
+                    workspace.buffer(slot, (1 << 12,), torch.float64, "cpu").fill_(math.nan)
+            check_against_torch("conv2d", *shapes, **kwargs)
