@@ -266,3 +266,19 @@ def test_a_padded_copy_reused_call_after_call_is_rezeroed_after_another_use_of_i
                 for slot in ("padded", "planes"):
                     workspace.buffer(slot, (1 << 12,), torch.float64, "cpu").fill_(math.nan)
             check_against_torch("conv2d", *shapes, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(strategies.STRATEGIES["correlate"]))
+def test_a_result_written_into_a_view_is_the_fresh_result(name):
+    # run(..., into=view): the phases of the adjoint write their correlation straight into every
+    # s-th row and column of the image; strategies in WRITES_INTO copy there from their buffer
+    depthwise = name == "depthwise"
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w = torch.randn(4, 1 if depthwise else 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    geometry = checks.conv2d_geometry(x, w, None, 1, 1, 1, 4 if depthwise else 2)
+    image = torch.full((2, 4, 14, 12), math.nan, dtype=torch.float64)
+    with strategies.forced(correlate=name):
+        fresh = strategies.run("correlate", x, w, geometry)
+        written = strategies.run("correlate", x, w, geometry, into=image[:, :, 1::2, ::2])
+    assert written.data_ptr() == image[:, :, 1::2, ::2].data_ptr() and torch.equal(written, fresh)
+    assert image[:, :, ::2].isnan().all() and image[:, :, 1::2, 1::2].isnan().all()
