@@ -869,7 +869,7 @@ def run(contraction: str, first: torch.Tensor, second: torch.Tensor, geometry: G
     through the call (rare: the Functions of :mod:`convbook.autograd` run without it), the plain
     differentiable version is used. With ``into`` (a view, e.g. one phase of an image) the result
     is written there and returned: a strategy whose last step is a layout copy out of its scratch
-    buffer (:data:`WRITES_INTO`) copies straight into it, the others' results are copied."""
+    buffer (``WRITES_INTO``) copies straight into it, the others' results are copied."""
     if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
         result = STRATEGIES[contraction]["plain"][0](first, second, geometry)
         return result if into is None else into.copy_(result)
