@@ -210,3 +210,16 @@ def check_grad_output(grad_output: torch.Tensor, expected: torch.Size, dtype: to
           f"Expected grad_output of size {list(expected)}, but got grad_output of size {_shape(grad_output)}")
     check(grad_output.dtype == dtype,
           f"expected scalar type {_scalar_name(dtype)} but found {_scalar_name(grad_output.dtype)}")
+
+
+def shape_geometry(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                   output_padding=0) -> Geometry:
+    """The geometry of a ``conv2d`` or ``conv_transpose2d`` call given by shapes alone (checked as the
+    call would be; the operands are ``meta`` tensors, nothing is allocated)."""
+    shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
+    large, weight = torch.empty(shape, device="meta"), torch.empty(tuple(weight_shape), device="meta")
+    if op == "conv2d":
+        return conv2d_geometry(large, weight, None, stride, padding, dilation, groups)
+    if op == "conv_transpose2d":
+        return conv_transpose2d_geometry(large, weight, None, stride, padding, output_padding, groups, dilation)
+    raise ValueError(f"op must be 'conv2d' or 'conv_transpose2d', not {op!r}")

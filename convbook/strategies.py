@@ -963,20 +963,14 @@ def explain(op: str, input_shape, weight_shape, stride=1, padding=0, dilation=1,
     entries above say.
     """
     from . import checks
+    geometry = checks.shape_geometry(op, input_shape, weight_shape, stride, padding, dilation, groups, output_padding)
     shape = tuple(input_shape) if len(input_shape) == 4 else (1, *input_shape)
-    large = torch.empty(shape, device="meta")
-    weight = torch.empty(tuple(weight_shape), device="meta")
     if op == "conv2d":
-        geometry = checks.conv2d_geometry(large, weight, None, stride, padding, dilation, groups)
-        in_channels, out_channels = shape[1], weight.shape[0]
+        in_channels, out_channels = shape[1], weight_shape[0]
         roles = {"forward": "correlate", "grad_input": "correlate_transpose", "grad_weight": "correlate_weight"}
-    elif op == "conv_transpose2d":
-        geometry = checks.conv_transpose2d_geometry(large, weight, None, stride, padding, output_padding, groups,
-                                                    dilation)
-        in_channels, out_channels = weight.shape[1] * groups, shape[1]
-        roles = {"forward": "correlate_transpose", "grad_input": "correlate", "grad_weight": "correlate_weight"}
     else:
-        raise ValueError(f"op must be 'conv2d' or 'conv_transpose2d', not {op!r}")
+        in_channels, out_channels = weight_shape[1] * groups, shape[1]
+        roles = {"forward": "correlate_transpose", "grad_input": "correlate", "grad_weight": "correlate_weight"}
     explained = {role: choose(contraction, shape[0], in_channels, out_channels, geometry)
                  for role, contraction in roles.items()}
     name, why = choose_pair(op, shape[0], in_channels, out_channels, geometry)

@@ -123,23 +123,13 @@ def test_depthwise_works_block_of_channels_by_block(per_block, monkeypatch):
         check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1, stride=(1, 2), dilation=(2, 1))
 
 
-def _image_geometry(op, input_shape, weight_shape, kwargs):
-    """The Geometry whose image (input_size) col2im scatters into: conv2d's x, conv_transpose2d's output."""
-    x, w = torch.empty(input_shape), torch.empty(weight_shape)
-    if op == "conv2d":
-        return checks.conv2d_geometry(x, w, None, kwargs.get("stride", 1), kwargs.get("padding", 0),
-                                      kwargs.get("dilation", 1), kwargs.get("groups", 1))
-    return checks.conv_transpose2d_geometry(x, w, None, kwargs.get("stride", 1), kwargs.get("padding", 0),
-                                            kwargs.get("output_padding", 0), kwargs.get("groups", 1),
-                                            kwargs.get("dilation", 1))
-
-
 @pytest.mark.parametrize("weighted", [False, True], ids=["col2im", "depthwise"])
 @pytest.mark.parametrize("case", CASES)
 def test_the_scatter_writes_every_position_of_an_uninitialised_image(case, weighted):
     # col2im (eq. 3.4's scatter) writes the first tap that covers a phase grid instead of zeroing the
     # image first: started from NaN or from zeros, the image must come out the same, and NaN-free
-    geometry = _image_geometry(*CASES[case])
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    geometry = checks.shape_geometry(op, input_shape, weight_shape, **kwargs)   # its image: x, or the output
     (kh, kw), (rows, cols), channels = geometry.kernel_size, geometry.output_size, 3
     generator = torch.Generator().manual_seed(0)
     if weighted:
