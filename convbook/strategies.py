@@ -19,9 +19,12 @@ Strategies (``name: equation``):
   ``X_a[(c,v),(n,r,j)] = x_pad[n,c, s_h·r + a, s_w·j + d_w·v]``, and the k_h row taps stacked into one
   product whose shifted parts are added up:
   ``Y[g] = Σ_u (W[g,:,:,u,:] · X_{du mod s_h}[g])[:, ⌊du/s_h⌋·W_out + ·]``.
-* ``depthwise`` -- one input channel per group: a multiply-accumulate per tap on the flattened
-  phase planes (as in ``shifted``), block of channels by block (planes built, passed over and copied
-  out while in the cache), ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``; its weight
+* ``depthwise`` -- one input channel per group: a multiply-accumulate per tap,
+  ``y[n,c] = Σ_{u,v} w[c,u,v] · x[n,c, s·i+d·u−p, s·j+d·v−p]``. Where the output grid is the input
+  grid (stride 1, "same" padding) on the image itself, each plane one flat row, tap (u, v) a constant
+  offset and the columns a shift would wrap masked: ``y[n,c,q] = Σ w[c,u,v] · (x ⊙ m_δ)[n,c,q + off]``;
+  otherwise on the flattened phase planes (as in ``shifted``), block of channels by block (planes
+  built, passed over and copied out while in the cache); its weight
   gradient is ``shifted`` with O_g = C_g = 1 (a dot product per channel and tap), run block of channels
   by block; at stride 1 its adjoint is the ``phase``: one depthwise correlation with the flipped kernel.
 * ``col2im`` (adjoint) -- one product ``X_col = Wᵀ · Y`` then each tap's column added into the
@@ -50,7 +53,7 @@ from functools import partial
 import torch
 
 from . import kernels, workspace
-from .index_map import Geometry
+from .index_map import Geometry, input_position
 
 CONTRACTIONS = ("correlate", "correlate_transpose", "correlate_weight", "correlate_pair")
 """The three contractions of eqs. (2.1), (3.4), (3.3), and the backward pair: a correlation and
@@ -411,7 +414,9 @@ a block's planes and partial sums stay in the cache through all k_h·k_w passes.
 
 
 def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None = None):
-    """Depthwise (one input and one output channel per group): k_h·k_w multiply-accumulates,
+    """Depthwise (one input and one output channel per group): k_h·k_w multiply-accumulates.
+    Where the output grid is the input grid (stride 1, "same" padding) they run on the image itself
+    (:func:`_depthwise_same_grid`); otherwise,
     ``y[c] = Σ_{u,v} w[c,0,u,v] · P_{(du mod s_h, dv mod s_w)}[c][off(u,v) : off(u,v) + L']`` on the
     flattened phase planes of :func:`_phase_planes` -- no product has anything to contract, so
     elementwise passes are the whole work. On the planes each pass runs over one long row per
@@ -423,6 +428,8 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     ``∂w[c,0,u,v] = B[c] · P[c][off(u,v) : off(u,v) + L']`` (eq. 3.3; b laid out on the planes' grid,
     zeros where a flattened row wraps), k_h·k_w dot products per channel while the block is in the
     cache, and the result is the pair (y, ∂w)."""
+    if geometry.stride == (1, 1) and geometry.output_size == geometry.input_size:
+        return _depthwise_same_grid(x, weight, geometry, partner)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     n, c, (rows_out, cols_out) = x.shape[0], x.shape[1], geometry.output_size
     rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
@@ -458,6 +465,79 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     if grad is None:
         return y
     return y, grad.view(kh, kw, c).permute(2, 0, 1).reshape(c, 1, kh, kw)
+
+
+SAME_GRID_BLOCK = 1 << 18
+"""Elements of image per block in :func:`_depthwise_same_grid` (1 MiB of float32): the block, its
+result, its masked copy and the partner's block stay in the two cores' caches through all passes."""
+
+
+def flat_taps(geometry: Geometry) -> dict[int, list[tuple[int, int, int, int]]]:
+    """The taps of a stride-1 correlation whose output grid is its input grid, on the flattened
+    H·W plane: ``{δ: [(tap, off, first, end)]}`` with the column shift ``δ = d_w·v − p_w``, the offset
+    ``off = (d_h·u − p_h)·W + δ`` and ``y[p] += w[tap]·x[p + off]`` for ``first ≤ p < end`` (the
+    positions whose row ``h + d_h·u − p_h`` lies in the image). The unshifted column group (δ = 0)
+    comes first, with the tap at offset 0 (if any) at its head; taps that read only padding are left out."""
+    (kh, kw), (dh, dw), (top, left) = geometry.kernel_size, geometry.dilation, geometry.padding
+    height, width = geometry.input_size
+    length, groups = height * width, {}
+    for u in range(kh):
+        for v in range(kw):
+            rise, shift = input_position(0, u, 1, top, dh), input_position(0, v, 1, left, dw)
+            if abs(rise) < height and abs(shift) < width:
+                offset = rise * width + shift
+                groups.setdefault(shift, []).append((u * kw + v, offset, max(0, -offset), min(length, length - offset)))
+    return {shift: sorted(groups[shift], key=lambda tap: tap[1] != 0) for shift in sorted(groups, key=abs)}
+
+
+def _depthwise_same_grid(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None):
+    """Depthwise at stride 1 with the output on the input grid: no padded copy, no layout copy. On
+    the image flattened to rows of H·W per (n, c), tap (u, v) is the constant offset of
+    :func:`flat_taps`, ``y[n,c,p] = Σ_{u,v} w[c,0,u,v] · x_δ[n,c, p + off(u,v)]`` over the positions
+    whose row stays inside, where ``x_δ`` is x with the columns ``w'`` for which ``w' − δ`` is not a
+    column zeroed (``x_δ = x · m_δ``): a shift by δ reads them only by wrapping into the next or
+    previous row, where the padding should be. Image by image, block of channels by block
+    (:data:`SAME_GRID_BLOCK`), the result is written straight into y, and the masked copy of a
+    column group is made once in the cache and read by its k_h taps.
+
+    With a ``partner`` b (N, C, H, W) the weight gradient comes with it, a dot product per tap while
+    the block is in the cache: ``∂w[c,0,u,v] = Σ_n Σ_p b[n,c,p] · x_δ[n,c,p + off(u,v)]``."""
+    n, c, (height, width) = x.shape[0], x.shape[1], geometry.input_size
+    length, groups = height * width, flat_taps(geometry)
+    blocks = -(-c * length // SAME_GRID_BLOCK)
+    step = -(-c // blocks)
+    rows, out = x.contiguous().view(n * c, length), x.new_empty(n, c, height, width)
+    outs, kernel = out.view(n * c, length), weight.reshape(c, -1).t().unsqueeze(2)        # (k_h·k_w, C, 1)
+    column = torch.arange(width, device=x.device)
+    masks = {shift: ((column >= shift) & (column < width + shift)).to(x.dtype).repeat(height)
+             for shift in groups if shift}
+    seeded = 0 in groups and groups[0][0][1] == 0                  # a tap at offset 0 covers every position
+    grad = None if partner is None else x.new_zeros(weight.shape[2] * weight.shape[3], c, 1, 1)
+    partners = None if partner is None else partner.contiguous().view(n * c, length)
+    base = 0 if partner is None else partners.storage_offset()
+    for c0 in range(0, c, step):
+        c1 = min(c, c0 + step)
+        taps = {shift: [(kernel[tap, c0:c1], offset, first, end, None if grad is None else grad[tap, c0:c1])
+                        for tap, offset, first, end in group] for shift, group in groups.items()}
+        masked = workspace.buffer("masked", (c1 - c0, length), x.dtype, x.device)
+        for image in range(n):
+            r0, r1 = image * c + c0, image * c + c1
+            source, target = rows[r0:r1], outs[r0:r1]
+            if not seeded:
+                target.zero_()
+            for shift, group in taps.items():
+                shifted_source = source if shift == 0 else torch.mul(source, masks[shift], out=masked)
+                for w, offset, first, end, dot in group:
+                    shifted = shifted_source[:, first + offset:end + offset]
+                    if seeded and offset == 0:
+                        torch.mul(shifted, w, out=target)
+                    else:
+                        target[:, first:end].addcmul_(shifted, w)
+                    if dot is not None:   # (b, 1, L') @ (b, L', 1), the row stride on the size-1 dimensions
+                        size, start = end - first, shifted.storage_offset()
+                        dot.baddbmm_(partners.as_strided((c1 - c0, 1, size), (length, length, 1), base + r0 * length + first),
+                                     shifted.as_strided((c1 - c0, size, 1), (length, 1, length), start))
+    return out if grad is None else (out, grad.view(*weight.shape[2:], c).permute(2, 0, 1).reshape(c, 1, *weight.shape[2:]))
 
 
 def _dot_operands(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -827,9 +907,12 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
     columns_fit = in_channels * kh * kw * positions <= COLUMN_BUDGET * largest
     if _depthwise(g, in_channels, out_channels) and contraction == "correlate_transpose" and (sh, sw) == (1, 1):
         return "phase", ("depthwise at stride 1: the adjoint is one depthwise correlation of y with the flipped "
-                         "kernel (block by block in the cache, and its planes of y also serve a weight gradient)")
+                         "kernel (block by block in the cache, where each block of y also serves the weight gradient)")
     if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
-        return "depthwise", "depthwise: nothing to contract over channels, a multiply-accumulate per tap"
+        same_grid = (sh, sw) == (1, 1) and geometry.output_size == geometry.input_size
+        return "depthwise", ("depthwise: nothing to contract over channels, a multiply-accumulate per tap"
+                             + (" on the image itself (its output grid is its input grid)" if same_grid
+                                else " on the flattened phase planes"))
     large_kernel = kh * kw >= 25 and sh == 1
     why_rows = "large kernel: k_w column taps copied, the k_h row taps stacked into one deep product"
     if contraction == "correlate":

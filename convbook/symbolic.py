@@ -10,6 +10,8 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         flips, the stride dilates G, the padding crops
 * :func:`grad_weight_from_the_adjoint_columns`  at stride 1 the weight gradient reads the same
                                         windows of G as the input gradient (chapter 7's pairs)
+* :func:`depthwise_on_its_own_grid`     a stride-1 depthwise layer on its own grid is masked
+                                        multiply-accumulates at constant offsets (chapter 7)
 * :func:`conv_transpose_matrix_is_transpose`    the matrix of ``conv_transpose2d`` is exactly Mᵀ,
                                         M the matrix of ``conv2d`` with the same weight (4.1)
 * :func:`conv_transpose2d_gradients`    eq. (4.5) against ``sympy.diff``
@@ -263,6 +265,34 @@ def grad_weight_from_the_adjoint_columns(case: Case) -> Equality:
     derived = flipped_weight(adjoint, case.groups)
     truth = conv2d_derivative(case, x, w, grad_output, w)
     return equality("flip(∂/∂w' of the adjoint's correlation, x as its G) = ∂L/∂w (sympy.diff)", case.describe(),
+                    derived, truth)
+
+
+def depthwise_on_its_own_grid(case: Case, masked: bool = True) -> Equality:
+    """Chapter 7, eq. (perf-depthwise-flat): a stride-1 depthwise correlation whose output grid is its
+    input grid, computed as convbook does it -- on each plane flattened to one row of H·W, every tap of
+    :func:`convbook.strategies.flat_taps` adds ``w · x_δ[q + off]`` over its positions ``first ≤ q < end``,
+    with ``x_δ = x · m_δ`` zero in the columns ℓ where ``ℓ − δ`` is no column -- against the loop
+    reference: the masked columns are exactly the padding a shift past the end of a row would read.
+    ``masked=False`` leaves the masks out (the border columns then differ)."""
+    from .index_map import Geometry
+    from .strategies import flat_taps
+    (n, c, height, width), (kh, kw) = case.input_shape, case.weight_shape[2:]
+    geometry = Geometry((kh, kw), (1, 1), case.padding, case.dilation, c, (height, width), (height, width))
+    if case.stride != (1, 1) or case.groups != c or case.conv_output_shape()[2:] != (height, width):
+        raise ValueError("the identity is for depthwise layers at stride 1 whose output grid is the input grid")
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+    flat = [[[x[i, k, q // width, q % width] for q in range(height * width)] for k in range(c)] for i in range(n)]
+    derived = sympy.MutableDenseNDimArray.zeros(n, c, height, width)
+    for shift, taps in flat_taps(geometry).items():
+        mask = [int(not masked or 0 <= q % width - shift < width) for q in range(height * width)]
+        for tap, offset, first, end in taps:
+            for i, k, q in product(range(n), range(c), range(first, end)):
+                derived[i, k, q // width, q % width] += (w[k, 0, tap // kw, tap % kw]
+                                                         * mask[q + offset] * flat[i][k][q + offset])
+    truth = reference.conv2d(x, w, None, **case.geometry())
+    claim = "w · (x ⊙ m_δ)[q + off]" if masked else "w · x[q + off], no masks"
+    return equality(f"Σ over flat_taps of {claim} = conv2d(x, w), depthwise", case.describe(),
                     derived, truth)
 
 

@@ -23,6 +23,9 @@ CASES = {
     "conv_groups": ("conv2d", (2, 6, 7, 7), (4, 3, 3, 3), dict(groups=2, padding=1)),
     "conv_depthwise": ("conv2d", (2, 4, 7, 6), (4, 1, 3, 3), dict(groups=4, padding=1, stride=(1, 2))),
     "conv_depthwise_multiplier": ("conv2d", (2, 3, 6, 6), (6, 1, 3, 3), dict(groups=3)),
+    "conv_depthwise_same_grid": ("conv2d", (2, 4, 7, 6), (4, 1, 3, 3), dict(groups=4, padding=1)),
+    "conv_depthwise_same_grid_no_centre_tap": ("conv2d", (2, 3, 5, 6), (3, 1, 2, 4), dict(groups=3, padding="same", dilation=(1, 2))),
+    "conv_depthwise_same_grid_kernel_wider_than_image": ("conv2d", (1, 2, 3, 4), (2, 1, 7, 9), dict(groups=2, padding=(3, 4))),
     "conv_same_even_kernel_is_asymmetric": ("conv2d", (2, 3, 6, 7), (4, 3, 4, 2), dict(padding="same", dilation=(1, 3))),
     "conv_padding_larger_than_kernel": ("conv2d", (1, 2, 5, 5), (3, 2, 2, 2), dict(padding=3)),
     "conv_unread_last_rows_are_cropped": ("conv2d", (2, 2, 8, 9), (3, 2, 3, 3), dict(stride=3)),
@@ -121,6 +124,16 @@ def test_depthwise_works_block_of_channels_by_block(per_block, monkeypatch):
     monkeypatch.setattr(strategies, "DEPTHWISE_BLOCK", 72 * per_block)
     with strategies.forced("depthwise"):
         check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1, stride=(1, 2), dilation=(2, 1))
+
+
+@pytest.mark.parametrize("per_block", [1, 2, 3])
+def test_depthwise_on_its_own_grid_works_image_by_image_and_block_of_channels_by_block(per_block, monkeypatch):
+    # stride 1 and "same" padding: the taps run on the image itself, H·W = 42 elements per channel
+    # and image, in blocks of 1, 2 or 3 of the 5 channels (the last smaller); the pair too
+    monkeypatch.setattr(strategies, "SAME_GRID_BLOCK", 42 * per_block)
+    with strategies.forced("depthwise"):
+        check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1)
+        check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=2, dilation=2)
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["col2im", "depthwise"])

@@ -99,3 +99,18 @@ def test_exact_comparison_detects_an_unflipped_kernel():
 def test_sympy_conv_transpose_with_output_padding_beyond_the_stride_is_the_adjoint_of_a_cropped_conv():
     case = Case((1, 2, 3, 3), (2, 2, 2, 2), padding=(1, 1), dilation=(2, 2), output_padding=(1, 1))
     assert_all_equal([symbolic.conv_transpose_matrix_is_transpose(case)] + symbolic.conv_transpose2d_gradients(case))
+
+
+SAME_GRID_DEPTHWISE = {
+    "3x3, padding 1": Case((1, 2, 4, 5), (2, 1, 3, 3), padding=(1, 1), groups=2),
+    "3x2 dilated, no centre column": Case((1, 2, 4, 5), (2, 1, 3, 2), padding=(1, 1), dilation=(1, 2), groups=2),
+    "5x5 on a 3x4 image": Case((2, 1, 3, 4), (1, 1, 5, 5), padding=(2, 2), groups=1),
+}
+
+
+@pytest.mark.parametrize("case", SAME_GRID_DEPTHWISE.values(), ids=SAME_GRID_DEPTHWISE.keys())
+def test_sympy_depthwise_on_its_own_grid_is_masked_shifts_of_the_flattened_planes(case):
+    assert_all_equal([symbolic.depthwise_on_its_own_grid(case)])
+    # the masks are what makes it exact: without them a shift past a row's end reads the next row
+    unmasked = symbolic.depthwise_on_its_own_grid(case, masked=False)
+    assert unmasked.entries > 0 and not unmasked.all_equal
