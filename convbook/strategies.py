@@ -473,11 +473,14 @@ result, its masked copy and the partner's block stay in the two cores' caches th
 
 
 def flat_taps(geometry: Geometry) -> dict[int, list[tuple[int, int, int, int]]]:
-    """The taps of a stride-1 correlation whose output grid is its input grid, on the flattened
-    H·W plane: ``{δ: [(tap, off, first, end)]}`` with the column shift ``δ = d_w·v − p_w``, the offset
-    ``off = (d_h·u − p_h)·W + δ`` and ``y[p] += w[tap]·x[p + off]`` for ``first ≤ p < end`` (the
-    positions whose row ``h + d_h·u − p_h`` lies in the image). The unshifted column group (δ = 0)
-    comes first, with the tap at offset 0 (if any) at its head; taps that read only padding are left out."""
+    """The taps of a stride-1 correlation whose output grid is its input grid, on each plane flattened
+    to one row of H·W (book eq. perf-depthwise-flat): ``{δ: [(tap, off, first, end)]}``, tap ``u·k_w + v``
+    in column group ``δ = d_w·v − p_w``, at offset ``off = (d_h·u − p_h)·W + δ``, so that
+    ``y[q] += w[tap] · x_δ[q + off]`` for ``first ≤ q < end`` -- the positions whose row
+    ``h + d_h·u − p_h`` lies in the image -- where ``x_δ`` is x with the columns ℓ for which ``ℓ − δ`` is
+    not a column zeroed (a shift past the end of a row reads them, in the next or previous row). The
+    group δ = 0 comes first, with the tap at offset 0 (if any) at its head; taps that read only padding
+    are left out."""
     (kh, kw), (dh, dw), (top, left) = geometry.kernel_size, geometry.dilation, geometry.padding
     height, width = geometry.input_size
     length, groups = height * width, {}
