@@ -93,7 +93,8 @@ def test_no_strategy_runs_a_native_convolution(contraction, name):
     with strategies.forced(**{contraction: name}), record_aten_ops() as ops:
         y = convbook.conv2d(x, w, stride=2, padding=1, groups=4 if depthwise else 1)
         z = convbook.conv_transpose2d(y, w, stride=2, padding=1, groups=4 if depthwise else 1)
-        z.square().sum().backward()
+        same = convbook.conv2d(x, w, padding=1, groups=4 if depthwise else 1)   # stride 1, on its own grid
+        (z.square().sum() + same.square().sum()).backward()
     assert convolution_ops(ops) == []
 
 
@@ -188,6 +189,14 @@ def test_the_dispatcher_picks_by_shape():
                             groups=4)["grad_weight"][0] == "shifted"
     assert convbook.explain("conv_transpose2d", (8, 64, 56, 56), (64, 32, 2, 2), stride=2)["forward"][0] == "col2im"
     assert convbook.explain("conv2d", (0, 3, 5, 5), (2, 3, 3, 3))["forward"][0] == "plain"
+
+
+def test_the_dispatcher_says_where_the_depthwise_taps_run():
+    # on the image itself where the output grid is the input grid, on phase planes otherwise
+    same = convbook.explain("conv2d", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)
+    strided = convbook.explain("conv2d", (8, 128, 56, 56), (128, 1, 3, 3), stride=2, padding=1, groups=128)
+    assert same["forward"][0] == strided["forward"][0] == "depthwise"
+    assert "on the image itself" in same["forward"][1] and "phase planes" in strided["forward"][1]
 
 
 def test_forced_is_thread_local():
