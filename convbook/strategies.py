@@ -428,7 +428,7 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     ``∂w[c,0,u,v] = B[c] · P[c][off(u,v) : off(u,v) + L']`` (eq. 3.3; b laid out on the planes' grid,
     zeros where a flattened row wraps), k_h·k_w dot products per channel while the block is in the
     cache, and the result is the pair (y, ∂w)."""
-    if geometry.stride == (1, 1) and geometry.output_size == geometry.input_size:
+    if _on_its_own_grid(geometry):
         return _depthwise_same_grid(x, weight, geometry, partner)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     n, c, (rows_out, cols_out) = x.shape[0], x.shape[1], geometry.output_size
@@ -470,6 +470,11 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
 SAME_GRID_BLOCK = 1 << 18
 """Elements of image per block in :func:`_depthwise_same_grid` (1 MiB of float32): the block, its
 result, its masked copy and the partner's block stay in the two cores' caches through all passes."""
+
+
+def _on_its_own_grid(geometry: Geometry) -> bool:
+    """Stride 1 and an output grid that is the input grid ("same" padding): :func:`flat_taps` apply."""
+    return geometry.stride == (1, 1) and geometry.output_size == geometry.input_size
 
 
 def flat_taps(geometry: Geometry) -> dict[int, list[tuple[int, int, int, int]]]:
@@ -912,9 +917,8 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
         return "phase", ("depthwise at stride 1: the adjoint is one depthwise correlation of y with the flipped "
                          "kernel (block by block in the cache, where each block of y also serves the weight gradient)")
     if _depthwise(g, in_channels, out_channels) and contraction != "correlate_weight":
-        same_grid = (sh, sw) == (1, 1) and geometry.output_size == geometry.input_size
         return "depthwise", ("depthwise: nothing to contract over channels, a multiply-accumulate per tap"
-                             + (" on the image itself (its output grid is its input grid)" if same_grid
+                             + (" on the image itself (its output grid is its input grid)" if _on_its_own_grid(geometry)
                                 else " on the flattened phase planes"))
     large_kernel = kh * kw >= 25 and sh == 1
     why_rows = "large kernel: k_w column taps copied, the k_h row taps stacked into one deep product"
