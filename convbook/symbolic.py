@@ -27,8 +27,8 @@ from itertools import product
 import sympy
 
 from . import reference
-from .index_map import (conv_output_size, conv_transpose_output_size, effective_kernel_size, input_position,
-                        same_padding, window)
+from .index_map import (Geometry, conv_output_size, conv_transpose_output_size, effective_kernel_size,
+                        input_position, same_padding, window)
 
 Pair = tuple[int, int]
 
@@ -275,8 +275,7 @@ def depthwise_on_its_own_grid(case: Case, masked: bool = True) -> Equality:
     with ``x_δ = x · m_δ`` zero in the columns ℓ where ``ℓ − δ`` is no column -- against the loop
     reference: the masked columns are exactly the padding a shift past the end of a row would read.
     ``masked=False`` leaves the masks out (the border columns then differ)."""
-    from .index_map import Geometry
-    from .strategies import flat_taps
+    from .strategies import flat_taps       # imports torch: only where a chapter-7 check needs it
     (n, c, height, width), (kh, kw) = case.input_shape, case.weight_shape[2:]
     geometry = Geometry((kh, kw), (1, 1), case.padding, case.dilation, c, (height, width), (height, width))
     if case.stride != (1, 1) or case.groups != c or case.conv_output_shape()[2:] != (height, width):
