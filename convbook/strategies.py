@@ -514,38 +514,66 @@ def _depthwise_same_grid(x: torch.Tensor, weight: torch.Tensor, geometry: Geomet
     length, groups = height * width, flat_taps(geometry)
     blocks = -(-c * length // SAME_GRID_BLOCK)
     step = -(-c // blocks)
-    rows, out = x.contiguous().view(n * c, length), x.new_empty(n, c, height, width)
-    outs, kernel = out.view(n * c, length), weight.reshape(c, -1).t().unsqueeze(2)        # (k_h·k_w, C, 1)
+    planes, out = x.contiguous(), x.new_empty(n, c, height, width)
+    kernel = weight.reshape(c, -1).t().unsqueeze(2)                                       # (k_h·k_w, C, 1)
     column = torch.arange(width, device=x.device)
     masks = {shift: ((column >= shift) & (column < width + shift)).to(x.dtype).repeat(height)
              for shift in groups if shift}
     seeded = 0 in groups and groups[0][0][1] == 0                  # a tap at offset 0 covers every position
     grad = None if partner is None else x.new_zeros(weight.shape[2] * weight.shape[3], c, 1, 1)
-    partners = None if partner is None else partner.contiguous().view(n * c, length)
-    base = 0 if partner is None else partners.storage_offset()
+    partners = None if partner is None else partner.contiguous()
     for c0 in range(0, c, step):
-        c1 = min(c, c0 + step)
-        taps = {shift: [(kernel[tap, c0:c1], offset, first, end, None if grad is None else grad[tap, c0:c1])
-                        for tap, offset, first, end in group] for shift, group in groups.items()}
-        masked = workspace.buffer("masked", (c1 - c0, length), x.dtype, x.device)
+        b = min(c, c0 + step) - c0
+        masked = workspace.buffer("masked", (b, length), x.dtype, x.device)
+        # the block's views for all n images, each window's n views made by one call (_image_rows)
+        sources, targets = _image_rows(planes, c0, b, 0, length), _image_rows(out, c0, b, 0, length)
+        passes = [(masks.get(shift), [(kernel[tap, c0:c0 + b], seeded and offset == 0,
+                                       None if grad is None else grad[tap, c0:c0 + b],
+                                       _flat_tap_views(planes, out, partners, masked, c0, b, shift, offset, first, end))
+                                      for tap, offset, first, end in group])
+                  for shift, group in groups.items()]
         for image in range(n):
-            r0, r1 = image * c + c0, image * c + c1
-            source, target = rows[r0:r1], outs[r0:r1]
             if not seeded:
-                target.zero_()
-            for shift, group in taps.items():
-                shifted_source = source if shift == 0 else torch.mul(source, masks[shift], out=masked)
-                for w, offset, first, end, dot in group:
-                    shifted = shifted_source[:, first + offset:end + offset]
-                    if seeded and offset == 0:
-                        torch.mul(shifted, w, out=target)
-                    else:
-                        target[:, first:end].addcmul_(shifted, w)
-                    if dot is not None:   # (b, 1, L') @ (b, L', 1), the row stride on the size-1 dimensions
-                        size, start = end - first, shifted.storage_offset()
-                        dot.baddbmm_(partners.as_strided((c1 - c0, 1, size), (length, length, 1), base + r0 * length + first),
-                                     shifted.as_strided((c1 - c0, size, 1), (length, 1, length), start))
+                targets[image].zero_()
+            for mask, taps in passes:
+                if mask is not None:
+                    torch.mul(sources[image], mask, out=masked)
+                for w, seed, dot, views in taps:
+                    read, write, row, column = views[image]
+                    torch.mul(read, w, out=write) if seed else write.addcmul_(read, w)
+                    if dot is not None:                                 # (b, 1, L') @ (b, L', 1)
+                        dot.baddbmm_(row, column)
     return out if grad is None else (out, grad.view(*weight.shape[2:], c).permute(2, 0, 1).reshape(c, 1, *weight.shape[2:]))
+
+
+def _flat_tap_views(planes: torch.Tensor, out: torch.Tensor, partners: torch.Tensor | None, masked: torch.Tensor,
+                    c0: int, b: int, shift: int, offset: int, first: int, end: int) -> list:
+    """One tap of :func:`_depthwise_same_grid` on channels c0 : c0 + b, per image: (read, write, dot
+    row, dot column) -- x_δ at positions ``first + off : end + off`` (x itself for δ = 0, else the
+    block's masked copy, the same view for every image), y at ``first : end``, and the partner's
+    rows and x_δ's columns for the weight gradient's dot products (None without a partner)."""
+    n = planes.shape[0]
+    if shift == 0:
+        reads = _image_rows(planes, c0, b, first + offset, end + offset)
+        columns = (None,) * n if partners is None else _image_rows(planes, c0, b, first + offset, end + offset, "column")
+    else:
+        read = masked[:, first + offset:end + offset]
+        reads, columns = (read,) * n, (None if partners is None else _dot_operands(read)[1],) * n
+    rows = (None,) * n if partners is None else _image_rows(partners, c0, b, first, end, "row")
+    return list(zip(reads, _image_rows(out, c0, b, first, end), rows, columns))
+
+
+def _image_rows(planes: torch.Tensor, c0: int, b: int, first: int, end: int, dot: str | None = None) -> tuple:
+    """Channels c0 : c0 + b, positions first : end of every image of ``planes`` (N, C, H, W), each
+    (n, c) plane flattened to one row of H·W: n views (b, end − first) made by one call -- or, with
+    ``dot``, the (b, 1, L') "row" or (b, L', 1) "column" operands of :func:`_dot_operands`."""
+    n, c, height, width = planes.shape
+    length, size, start = height * width, end - first, planes.storage_offset() + c0 * height * width + first
+    if dot is None:
+        return planes.as_strided((n, b, size), (c * length, length, 1), start).unbind(0)
+    shape = (n, b, 1, size) if dot == "row" else (n, b, size, 1)
+    return planes.as_strided(shape, (c * length, length, length, 1) if dot == "row" else
+                             (c * length, length, 1, length), start).unbind(0)
 
 
 def _dot_operands(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
