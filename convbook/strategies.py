@@ -498,12 +498,16 @@ def flat_taps(geometry: Geometry) -> dict[int, list[tuple[int, int, int, int]]]:
     return {shift: sorted(groups[shift], key=lambda tap: tap[1] != 0) for shift in sorted(groups, key=abs)}
 
 
+_SAME_SIZE_INTEGER = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
 def _depthwise_same_grid(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None):
     """Depthwise at stride 1 with the output on the input grid: no padded copy, no layout copy. On
     the image flattened to rows of H·W per (n, c), tap (u, v) is the constant offset of
     :func:`flat_taps`, ``y[n,c,p] = Σ_{u,v} w[c,0,u,v] · x_δ[n,c, p + off(u,v)]`` over the positions
     whose row stays inside, where ``x_δ`` is x with the columns ``w'`` for which ``w' − δ`` is not a
-    column zeroed (``x_δ = x · m_δ``): a shift by δ reads them only by wrapping into the next or
+    column zeroed (``x_δ = x · m_δ``, computed as an AND of the bits, so that the zeros are exact
+    even where x holds inf or NaN): a shift by δ reads them only by wrapping into the next or
     previous row, where the padding should be. Image by image, block of channels by block
     (:data:`SAME_GRID_BLOCK`), the result is written straight into y, and the masked copy of a
     column group is made once in the cache and read by its k_h taps.
@@ -516,8 +520,10 @@ def _depthwise_same_grid(x: torch.Tensor, weight: torch.Tensor, geometry: Geomet
     step = -(-c // blocks)
     planes, out = x.contiguous(), x.new_empty(n, c, height, width)
     kernel = weight.reshape(c, -1).t().unsqueeze(2)                                       # (k_h·k_w, C, 1)
-    column = torch.arange(width, device=x.device)
-    masks = {shift: ((column >= shift) & (column < width + shift)).to(x.dtype).repeat(height)
+    # m_δ as a bit mask on x's bits (all ones or all zeros per column): an AND zeroes a column
+    # exactly, where a multiply by 0 would turn an inf there into a NaN that the wrapped reads spread
+    bits, column = _SAME_SIZE_INTEGER[x.element_size()], torch.arange(width, device=x.device)
+    masks = {shift: torch.where((column >= shift) & (column < width + shift), -1, 0).to(bits).repeat(height)
              for shift in groups if shift}
     seeded = 0 in groups and groups[0][0][1] == 0                  # a tap at offset 0 covers every position
     grad = None if partner is None else x.new_zeros(weight.shape[2] * weight.shape[3], c, 1, 1)
@@ -537,7 +543,7 @@ def _depthwise_same_grid(x: torch.Tensor, weight: torch.Tensor, geometry: Geomet
                 targets[image].zero_()
             for mask, taps in passes:
                 if mask is not None:
-                    torch.mul(sources[image], mask, out=masked)
+                    torch.bitwise_and(sources[image].view(bits), mask, out=masked.view(bits))
                 for w, seed, dot, views in taps:
                     read, write, row, column = views[image]
                     torch.mul(read, w, out=write) if seed else write.addcmul_(read, w)

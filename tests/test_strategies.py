@@ -61,6 +61,38 @@ def test_every_strategy_on_its_own_matches_pytorch_forward_and_backward(contract
         check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
 
 
+def _same_non_finite(mine: torch.Tensor, ref: torch.Tensor) -> bool:
+    """The same NaN, +inf and -inf positions, and the finite entries equal to rounding."""
+    return (all(torch.equal(f(mine), f(ref)) for f in (torch.isnan, torch.isposinf, torch.isneginf))
+            and torch.allclose(mine.nan_to_num(0, 0, 0), ref.nan_to_num(0, 0, 0), rtol=1e-10, atol=1e-10))
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=str)
+@pytest.mark.parametrize("contraction,name,case", [a for a in APPLICABLE if a[0] != "correlate_weight"], ids=lambda v: v)
+def test_inf_and_nan_reach_the_outputs_whose_windows_hold_them_and_no_others(contraction, name, case, value):
+    """An inf or NaN in the input (forward) or in grad_output (input gradient) lands exactly where
+    PyTorch's does: only outputs whose window holds it. (A strategy that multiplied a zero into it
+    -- a padding, a wrapped column -- would spread a NaN where PyTorch has none.) The weight
+    gradient is not held to this: PyTorch's own float64 and float32 paths disagree there."""
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    torch.manual_seed(0)
+    native, mine = {"conv2d": (torch.nn.functional.conv2d, convbook.conv2d),
+                    "conv_transpose2d": (torch.nn.functional.conv_transpose2d, convbook.conv_transpose2d)}[op]
+    x, weight = torch.randn(input_shape, dtype=torch.float64), torch.randn(weight_shape, dtype=torch.float64)
+    y = native(x, weight, **kwargs)
+    grad = torch.randn_like(y)
+    for t in (x, grad):                       # the first and last columns, where a flattened shift wraps
+        t[0, -1, t.shape[2] // 2, -1] = t[-1, 0, -1, 0] = t[0, 0, 0, t.shape[3] // 2] = value
+    leaf = x.clone().requires_grad_()
+    native(leaf, weight, **kwargs).backward(grad)
+    with strategies.forced(**{contraction: name}):
+        with torch.no_grad():
+            forward = mine(x, weight, **kwargs)
+        backward = getattr(convbook, f"{op}_backward")(grad, x, weight, **kwargs)[0]
+    assert _same_non_finite(forward, native(x, weight, **kwargs)), "forward"
+    assert _same_non_finite(backward, leaf.grad), "input gradient"
+
+
 LAYOUTS = {
     "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
     "non_contiguous": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
