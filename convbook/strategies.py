@@ -575,20 +575,19 @@ def _image_rows(planes: torch.Tensor, c0: int, b: int, first: int, end: int, dot
     ``dot``, the (b, 1, L') "row" or (b, L', 1) "column" operands of :func:`_dot_operands`."""
     n, c, height, width = planes.shape
     length, size, start = height * width, end - first, planes.storage_offset() + c0 * height * width + first
-    if dot is None:
-        return planes.as_strided((n, b, size), (c * length, length, 1), start).unbind(0)
-    shape = (n, b, 1, size) if dot == "row" else (n, b, size, 1)
-    return planes.as_strided(shape, (c * length, length, length, 1) if dot == "row" else
-                             (c * length, length, 1, length), start).unbind(0)
+    window = planes.as_strided((n, b, size), (c * length, length, 1), start)
+    return (window if dot is None else _dot_operands(window)[dot == "column"]).unbind(0)
 
 
 def _dot_operands(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b, L) rows as (b, 1, L) and as (b, L, 1), for b dot products by one batched product
-    (b, 1, L) @ (b, L, 1). The size-1 dimensions carry the row stride: with the strides a plain
-    ``unsqueeze`` gives, the library takes a path about 90 times slower for these shapes."""
-    (b, length), stride, offset = rows.shape, rows.stride(0), rows.storage_offset()
-    return (rows.as_strided((b, 1, length), (stride, stride, 1), offset),
-            rows.as_strided((b, length, 1), (stride, 1, stride), offset))
+    """(..., b, L) rows as (..., b, 1, L) and as (..., b, L, 1), for b dot products by one batched
+    product (b, 1, L) @ (b, L, 1). The size-1 dimensions carry the row stride: with the strides a
+    plain ``unsqueeze`` gives, the library takes a path about 90 times slower for these shapes."""
+    *lead, length = rows.shape
+    *outer, stride = rows.stride()[:-1]
+    offset = rows.storage_offset()
+    return (rows.as_strided((*lead, 1, length), (*outer, stride, stride, 1), offset),
+            rows.as_strided((*lead, length, 1), (*outer, stride, 1, stride), offset))
 
 
 # --------------------------------------------------------------------------------------------
