@@ -5,6 +5,7 @@ raises for the same mistake, with PyTorch's message, so that users recognise it.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,29 +46,70 @@ def _shape(tensor: torch.Tensor) -> list[int]:
     return list(tensor.shape)
 
 
-def check_tensors(op: str, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+def check_tensors(op: str, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride=1, dilation=1, groups=1, output_padding=0) -> None:
     """Rank, dtype and dtype agreement of the operands, in PyTorch's order and words: an input
-    dtype PyTorch cannot convolve first, then a weight, then a bias of another dtype."""
+    dtype PyTorch cannot convolve first, then a weight, then a bias of another dtype.
+
+    PyTorch words a dtype mismatch by the kernel it picked for the call (:func:`onednn_takes`), so
+    the hyperparameters come along; a transposed convolution's own kernel does not compare the
+    bias's dtype at all -- it adds the bias into the result, and refuses only a bias whose dtype the
+    result cannot be cast to."""
     check(input.dim() in (3, 4), f"Expected 3D (unbatched) or 4D (batched) input to {op}, "
                                  f"but got input of size: {_shape(input)}")
     check(input.dtype in SUPPORTED_DTYPES[op],
           f'"{NATIVE_KERNEL[op]}" not implemented for \'{_scalar_name(input.dtype)}\'', NotImplementedError)
-    check(input.dtype == weight.dtype, _mismatch_message(input, weight, "weight"))
-    if bias is not None:
-        check(bias.dtype == input.dtype,
-              _mismatch_message(input, bias, "bias") if op == "conv_transpose2d" and _uses_type_names(input)
-              else f"Input type ({_type_name(input.dtype)}) and bias type ({_type_name(bias.dtype)}) "
-                   f"should be the same")
+    if input.dtype == weight.dtype and (bias is None or bias.dtype == input.dtype):
+        return
+    onednn = onednn_takes(op, input, weight, stride, dilation, groups, output_padding)
+    check(input.dtype == weight.dtype, _mismatch_message(input, weight, "weight", onednn))
+    check(op == "conv_transpose2d",
+          f"Input type ({_type_name(input.dtype)}) and bias type ({_type_name(bias.dtype)}) should be the same")
+    check(not (onednn or input.dtype.is_complex), _mismatch_message(input, bias, "bias", onednn))
+    promoted = torch.promote_types(input.dtype, bias.dtype)
+    check(torch.can_cast(promoted, input.dtype),
+          f"result type {_scalar_name(promoted)} can't be cast to the desired output type {_scalar_name(input.dtype)}")
 
 
-def _uses_type_names(input: torch.Tensor) -> bool:
-    """PyTorch's half-precision and complex paths compare dtypes by legacy type name."""
-    return input.dtype in (torch.float16, torch.bfloat16) or input.dtype.is_complex
+def onednn_takes(op: str, input: torch.Tensor, weight: torch.Tensor, stride=1, dilation=1, groups=1,
+                 output_padding=0) -> bool:
+    """Whether PyTorch's CPU convolution hands this call to oneDNN (``ConvParams::use_mkldnn`` in ATen's
+    Convolution.cpp) -- which decides only how PyTorch words a dtype mismatch, since convbook computes
+    every call the same way. Half precision goes there where the processor supports it (bfloat16 needs
+    AVX-512 BW/VL/DQ, float16 AVX-512-FP16 or AMX-FP16: the same call is worded differently on
+    different machines); float32 by a size heuristic; a transposed call whose output padding is not
+    smaller than its stride never. Arguments that are not valid ints count as their defaults here
+    (their own check refuses them afterwards)."""
+    if input.device.type != "cpu" or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    stride, dilation, output_padding = _loose_pair(stride, 1), _loose_pair(dilation, 1), _loose_pair(output_padding, 0)
+    if op == "conv_transpose2d" and any(a >= s for a, s in zip(output_padding, stride)):
+        return False
+    if input.dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if input.dtype == torch.float16:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    if input.dtype != torch.float32 or weight.dim() < 2:
+        return False
+    shape = list(input.shape) if input.dim() == 4 else [1, *input.shape]
+    (kh, kw), groups = weight.shape[-2:], groups if isinstance(groups, int) else 1
+    strided, dilated = stride != (1, 1), dilation != (1, 1)
+    return ((strided or dilated or shape[0] >= 16 or kw != 1 or kh != 1 or torch.get_num_threads() > 1)
+            and (groups > 1 or (kw > 3 and kh > 3) or shape[0] > 1 or math.prod(shape) > 20480))
 
 
-def _mismatch_message(input: torch.Tensor, other: torch.Tensor, name: str) -> str:
-    """PyTorch's words for ``other`` (weight or bias) of another dtype than ``input``."""
-    if not _uses_type_names(input):
+def _loose_pair(value, neutral: int) -> Pair:
+    """``value`` as a pair where it is a valid int or sequence of one or two ints, else (neutral, neutral)."""
+    values = [value] if isinstance(value, int) else list(value) if isinstance(value, Sequence) else []
+    if len(values) not in (1, 2) or not all(isinstance(v, int) for v in values):
+        return (neutral, neutral)
+    return (values[0], values[-1])
+
+
+def _mismatch_message(input: torch.Tensor, other: torch.Tensor, name: str, onednn: bool) -> str:
+    """PyTorch's words for ``other`` (weight or bias) of another dtype than ``input``: its complex
+    path and oneDNN compare legacy type names, its own kernels scalar types."""
+    if not (onednn or input.dtype.is_complex):
         return f"expected scalar type {_scalar_name(input.dtype)} but found {_scalar_name(other.dtype)}"
     message = f"Input type ({_legacy_type_name(input)}) and {name} type ({_legacy_type_name(other)}) should be the same"
     if input.dtype.is_complex:

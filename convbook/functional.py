@@ -30,7 +30,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
     ``padding`` is an int, a pair, ``'valid'`` or ``'same'``.
     """
-    checks.check_tensors("conv2d", input, weight, bias)
+    checks.check_tensors("conv2d", input, weight, bias, stride, dilation, groups)
     x, unbatch = _batched(input)
     geometry = checks.conv2d_geometry(x, weight, bias, stride, padding, dilation, groups)
     return unbatch(correlate(x, weight, bias, geometry))
@@ -44,7 +44,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
     Weight shape (C_in, C_out / groups, kH, kW); output size (H − 1)s − 2p + d(k − 1) + a + 1 (eq. 4.2).
     """
-    checks.check_tensors("conv_transpose2d", input, weight, bias)
+    checks.check_tensors("conv_transpose2d", input, weight, bias, stride, dilation, groups, output_padding)
     y, unbatch = _batched(input)
     geometry = checks.conv_transpose2d_geometry(y, weight, bias, stride, padding, output_padding, groups, dilation)
     return unbatch(correlate_transpose(y, weight, bias, geometry))
@@ -59,7 +59,7 @@ def conv2d_backward(grad_output, input, weight, stride=1, padding=0, dilation=1,
 
     Returns ``(grad_input, grad_weight, grad_bias)``; all three are differentiable.
     """
-    checks.check_tensors("conv2d", input, weight, None)
+    checks.check_tensors("conv2d", input, weight, None, stride, dilation, groups)
     x, unbatch = _batched(input)
     geometry = checks.conv2d_geometry(x, weight, None, stride, padding, dilation, groups)
     grad_y = grad_output if input.dim() == 4 else grad_output.unsqueeze(0)
@@ -78,7 +78,7 @@ def conv_transpose2d_backward(grad_output, input, weight, stride=1, padding=0, o
 
     Returns ``(grad_input, grad_weight, grad_bias)``; all three are differentiable.
     """
-    checks.check_tensors("conv_transpose2d", input, weight, None)
+    checks.check_tensors("conv_transpose2d", input, weight, None, stride, dilation, groups, output_padding)
     y, unbatch = _batched(input)
     geometry = checks.conv_transpose2d_geometry(y, weight, None, stride, padding, output_padding, groups, dilation)
     grad_x = grad_output if input.dim() == 4 else grad_output.unsqueeze(0)

@@ -48,11 +48,40 @@ def leaves(*tensors, dtype=torch.float64, device="cpu"):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64, torch.complex128], ids=str)
 @pytest.mark.parametrize("op,case", CASE_IDS)
 def test_half_precision_and_complex_match_pytorch_forward_and_backward(op, case, dtype, device):
+    """Complex: close to PyTorch. Half precision: close to PyTorch wherever PyTorch's own result is
+    rounded once from the exact one -- and where it is not (its own kernels, used where the processor
+    gives oneDNN no float16, round partial sums), convbook is the one nearer the exact result: both
+    are then measured against PyTorch in float64 on the same operands and the same grad_output."""
     input_shape, weight_shape, kwargs = CASES[op][case]
     x, w, b = operands(op, input_shape, weight_shape, True, dtype, seed=3, groups=kwargs.get("groups", 1),
                        device=device)
-    for field, (mine, ref) in run_both(op, x, w, b, seed=3, **kwargs).items():
-        assert_close_to_torch(mine, ref, f"{op} {case} {dtype} {field}")
+    pairs = run_both(op, x, w, b, seed=3, **kwargs)
+    exact = exact_results(op, x, w, b, pairs["output"][1], seed=3, **kwargs) if not dtype.is_complex else None
+    for field, (mine, ref) in pairs.items():
+        if exact is None:
+            assert_close_to_torch(mine, ref, f"{op} {case} {dtype} {field}")
+        else:
+            assert_close_to_torch_or_nearer_the_exact(mine, ref, exact[field], f"{op} {case} {dtype} {field}")
+
+
+def exact_results(op, x, w, b, output, seed, **kwargs):
+    """PyTorch in float64 on the operands and the grad_output of :func:`run_both` (drawn in the
+    output's dtype from ``seed + 1``): {field: exact output or gradient}."""
+    grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed + 1),
+                              dtype=output.dtype).to(output.device)
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    out = OPS[op][1](*leaves, **kwargs)
+    return dict(zip(("output", "grad_input", "grad_weight", "grad_bias"),
+                    [out.detach(), *torch.autograd.grad(out, leaves, grad_output.double())]))
+
+
+def assert_close_to_torch_or_nearer_the_exact(mine, ref, exact, what):
+    assert mine.shape == ref.shape and mine.dtype == ref.dtype, what
+    apart = ~torch.isclose(mine, ref, **{torch.float16: dict(rtol=1e-3, atol=1e-5),
+                                          torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}[mine.dtype])
+    ours, theirs = (mine.double() - exact).abs()[apart], (ref.double() - exact).abs()[apart]
+    assert bool((ours < theirs).all()), f"{what}: {int(apart.sum())} entries apart from PyTorch, " \
+                                        f"{int((ours >= theirs).sum())} of them no nearer the exact result"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
