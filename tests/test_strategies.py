@@ -326,3 +326,15 @@ def test_a_result_written_into_a_view_is_the_fresh_result(name):
         written = strategies.run("correlate", x, w, geometry, into=image[:, :, 1::2, ::2])
     assert written.data_ptr() == image[:, :, 1::2, ::2].data_ptr() and torch.equal(written, fresh)
     assert image[:, :, ::2].isnan().all() and image[:, :, 1::2, 1::2].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("depth", [0, math.inf], ids=["positions_major", "channel_major"])
+def test_im2col_products_written_positions_major_or_straight_into_y_are_pytorchs(depth, dtype, monkeypatch):
+    """Both layouts of :func:`strategies._product_into` (forced by its depth threshold), forward and the
+    stride-1 input gradient's pair, grouped and not."""
+    monkeypatch.setattr(strategies, "POSITIONS_MAJOR_DEPTH", depth)
+    for case in ("conv_3x3_padded", "conv_groups", "conv_large_kernel", "conv_stride_2"):
+        op, input_shape, weight_shape, kwargs = CASES[case]
+        with strategies.forced(correlate="im2col", correlate_pair="im2col"):
+            check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
