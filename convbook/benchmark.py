@@ -251,6 +251,30 @@ def machine() -> str:
     return f"{platform.platform()}, {cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def machine_speeds(repeat: int = 5) -> dict[str, float]:
+    """GFLOP/s of this machine's matrix library on one square float32 product (n = 1024) and of native
+    PyTorch's convolution on the forward of ``r18_64_56``, best of ``repeat`` each, with the allocator
+    pinned (:func:`steady_allocator`). convbook's contractions are matrix products, native's are its own
+    kernels, so the ratio of these two speeds moves every ratio of the benchmark: the same code measured a
+    training-step geometric mean of 1.28-1.30 on one 2-core machine and 1.47-1.51 on another, whose
+    matrix library was the slower of the two. Compare runs from different machines with this line."""
+    def best(fn) -> float:
+        fn()
+        return min(loop_seconds(fn, 1) for _ in range(repeat))
+    steady_allocator()
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    x, weight, bias, _, kwargs = operands(next(layer for layer in LAYERS if layer.name == "r18_64_56"))
+    flops = 2 * x.shape[0] * weight.numel() * x.shape[2] * x.shape[3]
+    with torch.no_grad():
+        return dict(gemm_gflops=2 * 1024 ** 3 / best(lambda: a @ b) / 1e9,
+                    native_conv_gflops=flops / best(lambda: F.conv2d(x, weight, bias, **kwargs)) / 1e9)
+
+
+def speeds_line(speeds: dict[str, float]) -> str:
+    return (f"matrix product (1024³, float32): {speeds['gemm_gflops']:.0f} GFLOP/s; "
+            f"native convolution (r18_64_56 forward): {speeds['native_conv_gflops']:.0f} GFLOP/s")
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table of the ratios convbook/native (below 1: convbook is faster / smaller)."""
     lines = ["| layer | forward | grad_input | grad_weight | step | step ms (native) | memory | strategies (fwd/gi/gw; step's backward) |",
@@ -321,10 +345,11 @@ def main(argv=None) -> list[dict]:
     names = args.layers or (QUICK if args.quick else None)
     rounds = args.rounds or (3 if args.quick else 7)
     rows = run(names, rounds, args.target, progress=True)
-    print(f"\n{machine()}\n\n{table(rows)}")
+    speeds = machine_speeds()
+    print(f"\n{machine()}\n{speeds_line(speeds)}\n\n{table(rows)}")
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(dict(machine=machine(), rounds=rounds, rows=rows), out, indent=1)
+            json.dump(dict(machine=machine(), speeds=speeds, rounds=rounds, rows=rows), out, indent=1)
     if args.plot:
         plot(rows, args.plot)
     return rows

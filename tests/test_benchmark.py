@@ -30,6 +30,9 @@ def test_the_quick_benchmark_measures_its_layers_and_writes_json_and_a_chart(tmp
         assert row["memory"]["ours_mb"] > 0 and row["memory"]["native_mb"] > 0
         assert set(row["strategies"]) == {"forward", "grad_input", "grad_weight", "backward"}
     assert "| **geometric mean** |" in done.stdout and result["machine"] in done.stdout
+    assert set(result["speeds"]) == {"gemm_gflops", "native_conv_gflops"}
+    assert all(math.isfinite(v) and v > 0 for v in result["speeds"].values())
+    assert benchmark.speeds_line(result["speeds"]) in done.stdout
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
