@@ -13,7 +13,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, vmap
 
 import convbook
 from convbook.compare import operands, run_both
-from convbook.metrics import errors
+from convbook.metrics import TOLERANCE, errors
 from convbook.sweep import compare_config, random_configs
 from oracle import assert_close_to_torch
 
@@ -77,8 +77,7 @@ def exact_results(op, x, w, b, output, seed, **kwargs):
 
 def assert_close_to_torch_or_nearer_the_exact(mine, ref, exact, what):
     assert mine.shape == ref.shape and mine.dtype == ref.dtype, what
-    apart = ~torch.isclose(mine, ref, **{torch.float16: dict(rtol=1e-3, atol=1e-5),
-                                          torch.bfloat16: dict(rtol=1.6e-2, atol=1e-5)}[mine.dtype])
+    apart = ~torch.isclose(mine, ref, **TOLERANCE[mine.dtype])
     ours, theirs = (mine.double() - exact).abs()[apart], (ref.double() - exact).abs()[apart]
     assert bool((ours < theirs).all()), f"{what}: {int(apart.sum())} entries apart from PyTorch, " \
                                         f"{int((ours >= theirs).sum())} of them no nearer the exact result"
