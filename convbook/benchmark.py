@@ -172,7 +172,9 @@ def iterations_for(fn, target: float) -> int:
 
 
 def paired(ours, native, rounds: int, target: float) -> dict:
-    """Median over rounds of (convbook time / native time), the order alternating each round."""
+    """Median over rounds of (convbook time / native time), the order alternating each round, and
+    the ``spread`` of those ratios: their lower and upper quartiles, the middle half of the rounds
+    (how far one run's ratio can be trusted on a shared machine)."""
     n_ours, n_native = iterations_for(ours, target), iterations_for(native, target)
     ratios, t_ours, t_native = [], [], []
     for r in range(rounds):
@@ -180,8 +182,9 @@ def paired(ours, native, rounds: int, target: float) -> dict:
         for fn, n, times in (pair if r % 2 == 0 else pair[::-1]):
             times.append(loop_seconds(fn, n) / n)
         ratios.append(t_ours[-1] / t_native[-1])
-    return dict(ratio=statistics.median(ratios), ours_ms=1e3 * statistics.median(t_ours),
-                native_ms=1e3 * statistics.median(t_native))
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if rounds > 1 else ratios * 3
+    return dict(ratio=statistics.median(ratios), spread=(quartiles[0], quartiles[2]),
+                ours_ms=1e3 * statistics.median(t_ours), native_ms=1e3 * statistics.median(t_native))
 
 
 @contextmanager
@@ -276,16 +279,19 @@ def speeds_line(speeds: dict[str, float]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table of the ratios convbook/native (below 1: convbook is faster / smaller)."""
-    lines = ["| layer | forward | grad_input | grad_weight | step | step ms (native) | memory | strategies (fwd/gi/gw; step's backward) |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown table of the ratios convbook/native (below 1: convbook is faster / smaller), with the
+    middle half of the step's paired rounds (:func:`paired`)."""
+    lines = ["| layer | forward | grad_input | grad_weight | step | step, middle half of rounds | step ms (native) "
+             "| memory | strategies (fwd/gi/gw; step's backward) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        s = row["strategies"]
+        s, (low, high) = row["strategies"], row["step"]["spread"]
         lines.append(f"| {row['layer']['name']} | " + " | ".join(f"{row[k]['ratio']:.2f}" for k in KINDS)
-                     + f" | {row['step']['ours_ms']:.1f} ({row['step']['native_ms']:.1f}) | {row['memory']['ratio']:.2f}"
+                     + f" | {low:.2f}-{high:.2f} | {row['step']['ours_ms']:.1f} ({row['step']['native_ms']:.1f})"
+                     + f" | {row['memory']['ratio']:.2f}"
                      + f" | {s['forward']}/{s['grad_input']}/{s['grad_weight']}; {s['backward']} |")
     lines.append("| **geometric mean** | " + " | ".join(f"{geometric_mean(r[k]['ratio'] for r in rows):.2f}" for k in KINDS)
-                 + f" | | {geometric_mean(r['memory']['ratio'] for r in rows):.2f} | |")
+                 + f" | | | {geometric_mean(r['memory']['ratio'] for r in rows):.2f} | |")
     return "\n".join(lines)
 
 

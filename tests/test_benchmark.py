@@ -27,6 +27,8 @@ def test_the_quick_benchmark_measures_its_layers_and_writes_json_and_a_chart(tmp
             timing = row[kind]
             assert math.isfinite(timing["ratio"]) and timing["ratio"] > 0
             assert timing["ours_ms"] > 0 and timing["native_ms"] > 0
+            low, high = timing["spread"]
+            assert 0 < low <= timing["ratio"] <= high
         assert row["memory"]["ours_mb"] > 0 and row["memory"]["native_mb"] > 0
         assert set(row["strategies"]) == {"forward", "grad_input", "grad_weight", "backward"}
     assert "| **geometric mean** |" in done.stdout and result["machine"] in done.stdout
