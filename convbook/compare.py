@@ -27,6 +27,13 @@ def operands(op: str, input_shape, weight_shape, bias: bool = True, dtype=torch.
     return input, weight, (make(out_channels) if bias else None)
 
 
+def grad_output_like(output: torch.Tensor, seed: int) -> torch.Tensor:
+    """The seeded random ``grad_output`` back-propagated through both libraries: standard normal of
+    ``output``'s shape and dtype, drawn from ``seed + 1`` (the operands come from ``seed``)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(output.shape, generator=generator, dtype=output.dtype).to(output.device)
+
+
 def run_both(op: str, input, weight, bias=None, seed: int = 0, **kwargs) -> dict[str, tuple]:
     """{field: (convbook's tensor, PyTorch's tensor)} for the output and the three gradients."""
     ours, theirs = OPS[op]
@@ -36,8 +43,7 @@ def run_both(op: str, input, weight, bias=None, seed: int = 0, **kwargs) -> dict
         leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (input, weight, bias)]
         out = fn(*leaves, **kwargs)
         if grad_output is None:
-            generator = torch.Generator().manual_seed(seed + 1)
-            grad_output = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
+            grad_output = grad_output_like(out, seed)
         wanted = [t for t in leaves if t is not None]
         grads = list(torch.autograd.grad(out, wanted, grad_output)) + [None] * (3 - len(wanted))
         results[name] = dict(zip(FIELDS, [out.detach(), *grads]))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .compare import FIELDS, OPS, operands
+from .compare import FIELDS, OPS, grad_output_like, operands
 from .index_map import conv_transpose_output_size, effective_kernel_size
 from .metrics import TOLERANCE, Errors, errors
 
@@ -222,8 +222,7 @@ def compare_config(op: str, config: Config, dtype: torch.dtype = torch.float64, 
         wide = (None if t is None else t.to(exact_dtype(dtype)) for t in (input, weight, bias))
         exact = {"output": theirs(*wide, **kwargs)}
     else:
-        generator = torch.Generator().manual_seed(seed + 1)     # as convbook.compare.run_both draws it
-        grad_output = torch.randn(theirs(input, weight, bias, **kwargs).shape, generator=generator, dtype=dtype)
+        grad_output = grad_output_like(theirs(input, weight, bias, **kwargs), seed)
         mine, reference = (results(fn, input, weight, bias, grad_output, **kwargs) for fn in (ours, theirs))
         exact = results(theirs, *(None if t is None else t.to(exact_dtype(dtype))
                                   for t in (input, weight, bias, grad_output)), **kwargs)

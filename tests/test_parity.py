@@ -12,7 +12,7 @@ from torch.autograd import forward_ad, gradcheck, gradgradcheck
 from torch.func import grad, hessian, jacfwd, jacrev, vmap
 
 import convbook
-from convbook.compare import operands, run_both
+from convbook.compare import grad_output_like, operands, run_both
 from convbook.metrics import TOLERANCE, errors
 from convbook.sweep import compare_config, random_configs
 from oracle import assert_close_to_torch
@@ -65,10 +65,9 @@ def test_half_precision_and_complex_match_pytorch_forward_and_backward(op, case,
 
 
 def exact_results(op, x, w, b, output, seed, **kwargs):
-    """PyTorch in float64 on the operands and the grad_output of :func:`run_both` (drawn in the
-    output's dtype from ``seed + 1``): {field: exact output or gradient}."""
-    grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed + 1),
-                              dtype=output.dtype).to(output.device)
+    """PyTorch in float64 on the operands and the grad_output of :func:`run_both`
+    (:func:`grad_output_like`): {field: exact output or gradient}."""
+    grad_output = grad_output_like(output, seed)
     leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
     out = OPS[op][1](*leaves, **kwargs)
     return dict(zip(("output", "grad_input", "grad_weight", "grad_bias"),
