@@ -12,6 +12,8 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         windows of G as the input gradient (chapter 7's pairs)
 * :func:`depthwise_on_its_own_grid`     a stride-1 depthwise layer on its own grid is masked
                                         multiply-accumulates at constant offsets (chapter 7)
+* :func:`spectral_contractions`        the three contractions as products of spectra, frequency by
+                                        frequency, with the no-wrap transform length (chapter 7)
 * :func:`conv_transpose_matrix_is_transpose`    the matrix of ``conv_transpose2d`` is exactly Mᵀ,
                                         M the matrix of ``conv2d`` with the same weight (4.1)
 * :func:`conv_transpose2d_gradients`    eq. (4.5) against ``sympy.diff``
@@ -293,6 +295,104 @@ def depthwise_on_its_own_grid(case: Case, masked: bool = True) -> Equality:
     claim = "w · (x ⊙ m_δ)[q + off]" if masked else "w · x[q + off], no masks"
     return equality(f"Σ over flat_taps of {claim} = conv2d(x, w), depthwise", case.describe(),
                     derived, truth)
+
+
+# --- Chapter 7: the convolution theorem -------------------------------------------------------
+
+SPECTRAL_CASES = {
+    "padding (1, 0), 2 channels": Case((1, 2, 3, 2), (2, 2, 2, 2), padding=(1, 0)),
+    "stride (2, 1), dilation (1, 2), padding (0, 1), groups 2": Case(
+        (1, 2, 4, 3), (2, 1, 2, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2), groups=2),
+}
+"""Tiny cases whose transform lengths (4 or 2) make every root of unity exact: ω = i or −1."""
+
+
+def _root(size: int, power: int) -> sympy.Expr:
+    """ω^power with ω = e^(2πi/size), as cos + i·sin (exact for the lengths of :data:`SPECTRAL_CASES`)."""
+    angle = 2 * sympy.pi * (power % size) / size
+    return sympy.cos(angle) + sympy.I * sympy.sin(angle)
+
+
+def _spectrum(plane, sizes, sign: int = -1) -> dict:
+    """{(f_h, f_w): Σ_{h,ℓ} plane[h][ℓ] · ω_h^(sign·f_h·h) · ω_w^(sign·f_w·ℓ)}: the DFT (sign −1), or for a
+    real plane the conjugate of its DFT (sign +1)."""
+    return {(fh, fw): sum(plane[h][l] * _root(sizes[0], sign * fh * h) * _root(sizes[1], sign * fw * l)
+                          for h in range(len(plane)) for l in range(len(plane[0])))
+            for fh in range(sizes[0]) for fw in range(sizes[1])}
+
+
+def _inverse(hat: dict, sizes, rows: int, cols: int, offsets=(0, 0), step=(1, 1)) -> list:
+    """(1/S_h S_w) Σ_f hat[f] · ω^(f·(step·i + offset)) for i < rows, j < cols."""
+    scale = sympy.Rational(1, sizes[0] * sizes[1])
+    return [[scale * sum(value * _root(sizes[0], fh * (step[0] * i + offsets[0]))
+                         * _root(sizes[1], fw * (step[1] * j + offsets[1])) for (fh, fw), value in hat.items())
+             for j in range(cols)] for i in range(rows)]
+
+
+def spectral_contractions(case: Case, shorten: int = 0) -> list[Equality]:
+    """Chapter 7, eq. (perf-fft): the three contractions as products of spectra, frequency by frequency,
+    against the loop reference (forward) and sympy's derivatives (the two gradients), exactly. The tap
+    spectrum ``Ĝ[f] = Σ_u w[u] ω^(f·m_u)`` takes its offsets ``m_u = d·u − p`` from the index map
+    (:func:`input_position` at i = 0) and the lengths from :func:`convbook.spectral.transform_size`;
+    ``shorten`` makes both lengths that much shorter, so that some sums wrap around."""
+    from .spectral import transform_size          # imports torch: only where a chapter-7 check needs it
+    x, w, grad = conv2d_symbols(case)
+    (n_images, channels, height, width), (out_channels, per_group, kh, kw) = case.input_shape, case.weight_shape
+    out_rows, out_cols = case.conv_output_shape()[2:]
+    sizes = tuple(transform_size(*dims) - shorten for dims in zip(
+        (height, width), (out_rows, out_cols), (kh, kw), case.stride, case.padding, case.dilation))
+    outs_per_group = out_channels // case.groups
+    group_of = [(o // outs_per_group) * per_group for o in range(out_channels)]   # first input channel of o's group
+    offsets = [[input_position(0, u, 1, case.padding[a], case.dilation[a]) for u in range(k)]
+               for a, k in enumerate((kh, kw))]
+
+    def tap_spectrum(o, c, sign):                  # Ĝ (sign +1) or conj(Ĝ) (sign −1) of the real kernel w[o, c]
+        return {(fh, fw): sum(w[o, c, u, v] * _root(sizes[0], sign * fh * offsets[0][u])
+                              * _root(sizes[1], sign * fw * offsets[1][v]) for u in range(kh) for v in range(kw))
+                for fh in range(sizes[0]) for fw in range(sizes[1])}
+
+    def stretched(i, o):                           # ỹ: G with s − 1 zeros between its entries
+        rows, cols = case.stride[0] * (out_rows - 1) + 1, case.stride[1] * (out_cols - 1) + 1
+        return [[grad[i, o, h // case.stride[0], l // case.stride[1]]
+                 if h % case.stride[0] == 0 and l % case.stride[1] == 0 else 0 for l in range(cols)]
+                for h in range(rows)]
+
+    plane = lambda t, i, c, rows, cols: [[t[i, c, h, l] for l in range(cols)] for h in range(rows)]
+    x_hat = {(i, c): _spectrum(plane(x, i, c, height, width), sizes) for i in range(n_images) for c in range(channels)}
+    g_hat = {(i, o, s): _spectrum(stretched(i, o), sizes, s) for i in range(n_images) for o in range(out_channels)
+             for s in (-1, 1)}                     # the DFT of ỹ (−1) and its conjugate (+1)
+    kernel = {(o, c, s): tap_spectrum(o, c, s) for o in range(out_channels) for c in range(per_group) for s in (1, -1)}
+    frequencies = list(x_hat[0, 0])
+
+    forward = sympy.MutableDenseNDimArray.zeros(n_images, out_channels, out_rows, out_cols)
+    grad_input = sympy.MutableDenseNDimArray.zeros(*case.input_shape)
+    grad_weight = sympy.MutableDenseNDimArray.zeros(*case.weight_shape)
+    for i, o in product(range(n_images), range(out_channels)):
+        y_hat = {f: sum(x_hat[i, group_of[o] + c][f] * kernel[o, c, 1][f] for c in range(per_group)) for f in frequencies}
+        for r, row in enumerate(_inverse(y_hat, sizes, out_rows, out_cols, step=case.stride)):
+            for q, value in enumerate(row):
+                forward[i, o, r, q] = value
+    for i, c in product(range(n_images), range(channels)):
+        group, local = divmod(c, per_group)
+        os_ = range(group * outs_per_group, (group + 1) * outs_per_group)
+        back = {f: sum(g_hat[i, o, -1][f] * kernel[o, local, -1][f] for o in os_) for f in frequencies}
+        for h, row in enumerate(_inverse(back, sizes, height, width)):
+            for l, value in enumerate(row):
+                grad_input[i, c, h, l] = value
+    for o, c in product(range(out_channels), range(per_group)):
+        products = {f: sum(g_hat[i, o, 1][f] * x_hat[i, group_of[o] + c][f] for i in range(n_images)) for f in frequencies}
+        for u, v in product(range(kh), range(kw)):
+            grad_weight[o, c, u, v] = _inverse(products, sizes, 1, 1, (offsets[0][u], offsets[1][v]))[0][0]
+    label = case.describe() + (f", transform {sizes[0]}×{sizes[1]}" if shorten == 0 else
+                               f", transform shortened to {sizes[0]}×{sizes[1]}")
+    return [
+        equality("y = every s-th entry of IDFT(X̂ · Ĝ)  (perf-fft)", label, forward,
+                 reference.conv2d(x, w, None, **case.geometry())),
+        equality("∂L/∂x = IDFT(Ŷ̃ · conj Ĝ), cropped (sympy.diff)", label, grad_input,
+                 conv2d_derivative(case, x, w, grad, x)),
+        equality("∂L/∂w = IDFT(Σ_n conj Ŷ̃ · X̂) at the offsets (sympy.diff)", label, grad_weight,
+                 conv2d_derivative(case, x, w, grad, w)),
+    ]
 
 
 # --- Chapter 4: the transposed convolution -----------------------------------------------------

@@ -215,8 +215,8 @@ def test_the_dispatcher_picks_by_shape():
     assert convbook.explain("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1)["forward"][0] == "im2col_folded"
     assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8)["forward"][0] == "shifted"
     assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "im2col"
-    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 7, 7), padding=3)["forward"][0] == "row_shifted"
-    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 11, 11), padding=5)["grad_weight"][0] == "row_shifted"
+    assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 7, 7), padding=3)["forward"][0] == "fft"
+    assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 128, 5, 5), padding=2)["grad_weight"][0] == "row_shifted"
     assert convbook.explain("conv_transpose2d", (8, 64, 28, 28), (64, 16, 4, 4), stride=2, padding=1,
                             groups=4)["grad_weight"][0] == "shifted"
     assert convbook.explain("conv_transpose2d", (8, 64, 56, 56), (64, 32, 2, 2), stride=2)["forward"][0] == "col2im"
