@@ -5,14 +5,14 @@ row factor and a column factor). Notation as in :mod:`convbook.strategies`; the 
 reads ``h = s·i + m_u`` with the tap's *offset* ``m_u = d·u − p``.
 
 Zero-insertion: ỹ is y with s − 1 zeros between its entries, ``ỹ[s·i] = y[i]``, of length
-``H̃ = s·(H_out − 1) + 1``. All three contractions pair ỹ[i] with x[i + m_u]:
+``H̃ = s·(H_out − 1) + 1``. All three contractions pair ỹ[i] with x[i + m_u]::
 
     y[i]  = Σ_u w[u] · x[s·i + m_u]                 (correlate, eq. 2.1: ỹ at stride 1, then every s-th)
     x[h]  = Σ_{i,u: s·i + m_u = h} w[u] · y[i]      (correlate_transpose, eq. 3.4)
     w[u]  = Σ_i y[i] · x[s·i + m_u]                 (correlate_weight, eq. 3.3)
 
 With the DFT of length S, ``â[f] = Σ_h a[h] ω^(−f·h)``, ``ω = e^(2πi/S)``, and the kernel's *tap
-spectrum* ``ĝ[f] = Σ_u w[u] ω^(f·m_u)`` they become products, frequency by frequency (eq. perf-fft):
+spectrum* ``ĝ[f] = Σ_u w[u] ω^(f·m_u)`` they become products, frequency by frequency (eq. perf-fft)::
 
     ŷ̃[f] = x̂[f] · ĝ[f]          x̂[f] = ŷ̃[f] · conj(ĝ[f])          w[u] = (1/S) Σ_f conj(ŷ̃[f]) · x̂[f] · ω^(f·m_u)
 
@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from .index_map import Geometry, effective_kernel_size
+from .index_map import Geometry, effective_kernel_size, input_position
 
 _REAL = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 """Half-precision operands are transformed in float32 (the FFT has no half-precision CPU kernel)
@@ -75,7 +75,8 @@ def tap_phases(length: int, kernel_size: int, padding: int, dilation: int, frequ
                dtype: torch.dtype, device) -> torch.Tensor:
     """``E[f, u] = ω^(f·m_u) = exp(2πi·f·(d·u − p)/S)`` for f < ``frequencies``, u < k: (frequencies, k)."""
     f = torch.arange(frequencies, dtype=torch.float64)[:, None]
-    offsets = dilation * torch.arange(kernel_size, dtype=torch.float64)[None, :] - padding
+    offsets = torch.tensor([[input_position(0, u, 1, padding, dilation) for u in range(kernel_size)]],
+                           dtype=torch.float64)                                  # m_u = d·u − p, eq. (1.1) at i = 0
     angle = (2 * math.pi / length) * torch.remainder(f * offsets, length)   # exact integer product, then mod S
     complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     return torch.polar(torch.ones_like(angle), angle).to(device=device, dtype=complex_dtype)

@@ -304,7 +304,7 @@ SPECTRAL_CASES = {
     "stride (2, 1), dilation (1, 2), padding (0, 1), groups 2": Case(
         (1, 2, 4, 3), (2, 1, 2, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2), groups=2),
 }
-"""Tiny cases whose transform lengths (4 or 2) make every root of unity exact: ω = i or −1."""
+"""Tiny cases whose transform lengths (4 or 2) make every root of unity exact (ω = i or −1)."""
 
 
 def _root(size: int, power: int) -> sympy.Expr:
@@ -333,7 +333,7 @@ def spectral_contractions(case: Case, shorten: int = 0) -> list[Equality]:
     """Chapter 7, eq. (perf-fft): the three contractions as products of spectra, frequency by frequency,
     against the loop reference (forward) and sympy's derivatives (the two gradients), exactly. The tap
     spectrum ``Ĝ[f] = Σ_u w[u] ω^(f·m_u)`` takes its offsets ``m_u = d·u − p`` from the index map
-    (:func:`input_position` at i = 0) and the lengths from :func:`convbook.spectral.transform_size`;
+    (:func:`convbook.index_map.input_position` at i = 0) and the lengths from :func:`convbook.spectral.transform_size`;
     ``shorten`` makes both lengths that much shorter, so that some sums wrap around."""
     from .spectral import transform_size          # imports torch: only where a chapter-7 check needs it
     x, w, grad = conv2d_symbols(case)
