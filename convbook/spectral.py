@@ -127,7 +127,8 @@ def _real_part_times(a: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
 def _row_chunks(plan: Plan, spectrum_entries: int, per_row: int):
     """Slices of the S_h frequency rows, each holding at most about ``spectrum_entries`` entries of a
     (rows × S_w/2+1 × C_g × O_g) block: the tap spectrum and the weight spectrum are made and used a
-    block at a time, never whole (they are C_g·O_g / (N·C_g) times larger than the images' spectra)."""
+    block at a time, never whole (each is O_g / N times the size of the images' spectra: for lk7_32_64,
+    O_g = 32 and N = 8, 20 MB against 5 MB)."""
     step = max(1, min(plan.sizes[0], spectrum_entries // max(1, per_row)))
     return [slice(r, min(r + step, plan.sizes[0])) for r in range(0, plan.sizes[0], step)]
 
