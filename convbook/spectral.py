@@ -154,7 +154,7 @@ def _products(first: torch.Tensor, weight: torch.Tensor, plan: Plan, groups: int
     o, cg = weight.shape[:2]
     along = _along_cols(weight, plan, groups)
     out = first.new_empty(first.shape[0], first.shape[1], cg if adjoint else o // groups)
-    for rows in _row_chunks(plan, first.numel() // plan.sizes[0] * plan.sizes[0], plan.half * groups * cg * o // groups):
+    for rows in _row_chunks(plan, first.numel(), plan.half * cg * o):
         spectrum_rows = (plan.rows[rows] @ along).view(-1, cg, o // groups)
         batch = _per_frequency(plan, groups, rows)
         torch.bmm(first[batch], spectrum_rows.conj().transpose(1, 2) if adjoint else spectrum_rows, out=out[batch])
@@ -168,7 +168,7 @@ def _weight_products(y_hat: torch.Tensor, x_hat: torch.Tensor, plan: Plan, group
     og, cg = y_hat.shape[2], x_hat.shape[2]
     (sh, sw), kh = plan.sizes, kernel_size[0]
     along_rows = None
-    for rows in _row_chunks(plan, x_hat.numel() // plan.sizes[0] * plan.sizes[0], plan.half * groups * og * cg):
+    for rows in _row_chunks(plan, x_hat.numel(), plan.half * groups * og * cg):
         batch = _per_frequency(plan, groups, rows)
         block = torch.bmm(y_hat[batch].conj().transpose(1, 2), x_hat[batch]).view(rows.stop - rows.start, -1)
         term = plan.rows[rows].transpose(0, 1) @ block                        # (k_h, S_w/2+1 · g · O_g · C_g)
