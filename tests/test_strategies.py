@@ -338,3 +338,18 @@ def test_im2col_products_written_positions_major_or_straight_into_y_are_pytorchs
         op, input_shape, weight_shape, kwargs = CASES[case]
         with strategies.forced(correlate="im2col", correlate_pair="im2col"):
             check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("long_rows", [True, False], ids=["as_X_col_Y_T", "as_Y_X_col_T"])
+def test_both_orientations_of_the_weight_gradients_products_are_pytorchs(long_rows, dtype, monkeypatch):
+    """:data:`strategies.WEIGHT_ROWS_LONGER` on and off: the per-image weight-gradient products, alone and in
+    the pairs, grouped and not, in one block and in bands of rows (accumulated across blocks)."""
+    monkeypatch.setattr(strategies, "WEIGHT_ROWS_LONGER", long_rows)
+    for case in ("conv_3x3_padded", "conv_groups", "conv_stride_2", "transposed_k4_s2"):
+        op, input_shape, weight_shape, kwargs = CASES[case]
+        with strategies.forced(correlate="im2col", correlate_weight="im2col", correlate_pair="im2col"):
+            check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
+    monkeypatch.setattr(strategies, "COLUMN_BUDGET", 0)
+    with strategies.forced(correlate_weight="im2col"):
+        check_against_torch("conv2d", (2, 3, 11, 10), (4, 3, 5, 3), dtype=dtype, padding=(2, 1), stride=(1, 2))
