@@ -313,11 +313,13 @@ def _root(size: int, power: int) -> sympy.Expr:
     return sympy.cos(angle) + sympy.I * sympy.sin(angle)
 
 
-def _spectrum(plane, sizes, sign: int = -1) -> dict:
-    """{(f_h, f_w): Σ_{h,ℓ} plane[h][ℓ] · ω_h^(sign·f_h·h) · ω_w^(sign·f_w·ℓ)}: the DFT (sign −1), or for a
-    real plane the conjugate of its DFT (sign +1)."""
-    return {(fh, fw): sum(plane[h][l] * _root(sizes[0], sign * fh * h) * _root(sizes[1], sign * fw * l)
-                          for h in range(len(plane)) for l in range(len(plane[0])))
+def _spectrum(plane, sizes, sign: int = -1, positions=None) -> dict:
+    """{(f_h, f_w): Σ_{a,b} plane[a][b] · ω_h^(sign·f_h·h_a) · ω_w^(sign·f_w·ℓ_b)} with the entries at
+    positions (h_a, ℓ_b) -- their indices, or the given ``positions`` (rows, columns): for a real plane
+    the DFT (sign −1) or its conjugate (sign +1); for a kernel at the taps' offsets, its tap spectrum."""
+    rows, cols = positions or (range(len(plane)), range(len(plane[0])))
+    return {(fh, fw): sum(plane[a][b] * _root(sizes[0], sign * fh * rows[a]) * _root(sizes[1], sign * fw * cols[b])
+                          for a in range(len(plane)) for b in range(len(plane[0])))
             for fh in range(sizes[0]) for fw in range(sizes[1])}
 
 
@@ -346,11 +348,6 @@ def spectral_contractions(case: Case, shorten: int = 0) -> list[Equality]:
     offsets = [[input_position(0, u, 1, case.padding[a], case.dilation[a]) for u in range(k)]
                for a, k in enumerate((kh, kw))]
 
-    def tap_spectrum(o, c, sign):                  # Ĝ (sign +1) or conj(Ĝ) (sign −1) of the real kernel w[o, c]
-        return {(fh, fw): sum(w[o, c, u, v] * _root(sizes[0], sign * fh * offsets[0][u])
-                              * _root(sizes[1], sign * fw * offsets[1][v]) for u in range(kh) for v in range(kw))
-                for fh in range(sizes[0]) for fw in range(sizes[1])}
-
     def stretched(i, o):                           # ỹ: G with s − 1 zeros between its entries
         rows, cols = case.stride[0] * (out_rows - 1) + 1, case.stride[1] * (out_cols - 1) + 1
         return [[grad[i, o, h // case.stride[0], l // case.stride[1]]
@@ -361,7 +358,8 @@ def spectral_contractions(case: Case, shorten: int = 0) -> list[Equality]:
     x_hat = {(i, c): _spectrum(plane(x, i, c, height, width), sizes) for i in range(n_images) for c in range(channels)}
     g_hat = {(i, o, s): _spectrum(stretched(i, o), sizes, s) for i in range(n_images) for o in range(out_channels)
              for s in (-1, 1)}                     # the DFT of ỹ (−1) and its conjugate (+1)
-    kernel = {(o, c, s): tap_spectrum(o, c, s) for o in range(out_channels) for c in range(per_group) for s in (1, -1)}
+    kernel = {(o, c, s): _spectrum(plane(w, o, c, kh, kw), sizes, s, offsets)   # Ĝ (+1) and its conjugate (−1)
+              for o in range(out_channels) for c in range(per_group) for s in (1, -1)}
     frequencies = list(x_hat[0, 0])
 
     forward = sympy.MutableDenseNDimArray.zeros(n_images, out_channels, out_rows, out_cols)
