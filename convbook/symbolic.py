@@ -348,16 +348,11 @@ def spectral_contractions(case: Case, shorten: int = 0) -> list[Equality]:
     offsets = [[input_position(0, u, 1, case.padding[a], case.dilation[a]) for u in range(k)]
                for a, k in enumerate((kh, kw))]
 
-    def stretched(i, o):                           # ỹ: G with s − 1 zeros between its entries
-        rows, cols = case.stride[0] * (out_rows - 1) + 1, case.stride[1] * (out_cols - 1) + 1
-        return [[grad[i, o, h // case.stride[0], l // case.stride[1]]
-                 if h % case.stride[0] == 0 and l % case.stride[1] == 0 else 0 for l in range(cols)]
-                for h in range(rows)]
-
     plane = lambda t, i, c, rows, cols: [[t[i, c, h, l] for l in range(cols)] for h in range(rows)]
     x_hat = {(i, c): _spectrum(plane(x, i, c, height, width), sizes) for i in range(n_images) for c in range(channels)}
-    g_hat = {(i, o, s): _spectrum(stretched(i, o), sizes, s) for i in range(n_images) for o in range(out_channels)
-             for s in (-1, 1)}                     # the DFT of ỹ (−1) and its conjugate (+1)
+    stretched = zero_insert(grad, case.stride)     # ỹ: G with s − 1 zeros between its entries
+    g_hat = {(i, o, s): _spectrum(plane(stretched, i, o, *stretched.shape[2:]), sizes, s)
+             for i in range(n_images) for o in range(out_channels) for s in (-1, 1)}   # DFT of ỹ (−1), conjugate (+1)
     kernel = {(o, c, s): _spectrum(plane(w, o, c, kh, kw), sizes, s, offsets)   # Ĝ (+1) and its conjugate (−1)
               for o in range(out_channels) for c in range(per_group) for s in (1, -1)}
     frequencies = list(x_hat[0, 0])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convbook
-from convbook import checks, kernels, metrics, spectral, strategies, symbolic
+from convbook import checks, kernels, metrics, spectral, strategies, sweep, symbolic
 
 
 def test_transform_lengths_are_7_smooth_and_no_shorter_than_needed():
@@ -73,13 +73,6 @@ def test_half_precision_is_transformed_in_float32_and_rounded_back(dtype):
     assert torch.allclose(result.double(), exact, rtol=torch.finfo(dtype).eps, atol=1e-6)
 
 
-def _results(conv, x, w, b, grad_output):
-    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
-    y = conv(x, w, b, padding=3)
-    y.backward(grad_output)
-    return {"output": y, "grad_input": x.grad, "grad_weight": w.grad}
-
-
 def test_in_float32_a_large_kernel_layer_is_as_accurate_as_pytorchs_own():
     # chapter 7: at this size no float32 result is elementwise within torch.testing's defaults of the
     # float64 one (PyTorch's own is not), so the claim is normwise -- max |a − e| / max |e| -- against the
@@ -89,10 +82,10 @@ def test_in_float32_a_large_kernel_layer_is_as_accurate_as_pytorchs_own():
     x, w, grad_output = (torch.randn(*shape, generator=generator) for shape in
                          ((8, 16, 32, 32), (16, 16, 7, 7), (8, 16, 32, 32)))
     b = torch.randn(16, generator=generator)
-    exact = _results(torch.nn.functional.conv2d, *(t.double() for t in (x, w, b, grad_output)))
-    ours = _results(convbook.conv2d, x, w, b, grad_output)
-    native = _results(torch.nn.functional.conv2d, x, w, b, grad_output)
-    for field in exact:
+    exact = sweep.results(torch.nn.functional.conv2d, *(t.double() for t in (x, w, b, grad_output)), padding=3)
+    ours = sweep.results(convbook.conv2d, x, w, b, grad_output, padding=3)
+    native = sweep.results(torch.nn.functional.conv2d, x, w, b, grad_output, padding=3)
+    for field in ("output", "grad_input", "grad_weight"):
         mine, theirs = (metrics.errors(r[field], exact[field]).max_rel for r in (ours, native))
         assert mine <= 4 * torch.finfo(torch.float32).eps and mine <= 2 * theirs, (field, mine, theirs)
 
