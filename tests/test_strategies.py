@@ -38,6 +38,9 @@ CASES = {
     "transposed_taps_tile_the_image": ("conv_transpose2d", (2, 4, 5, 6), (4, 3, 2, 2), dict(stride=2)),
     "transposed_depthwise_taps_tile_the_image": ("conv_transpose2d", (2, 3, 4, 5), (3, 1, 2, 3), dict(stride=(2, 3), groups=3)),
     "conv_kernel_equals_stride": ("conv2d", (2, 3, 8, 10), (4, 3, 2, 2), dict(stride=2)),
+    # at least 4 taps per stride phase: im2col copies from phase planes, col2im sums each grid in a buffer
+    "conv_many_taps_per_phase_dilated": ("conv2d", (2, 3, 13, 12), (4, 3, 5, 4), dict(stride=2, dilation=(3, 1), padding=(2, 1))),
+    "transposed_depthwise_many_taps_per_phase": ("conv_transpose2d", (2, 3, 5, 6), (3, 1, 5, 4), dict(stride=2, groups=3, padding=1)),
 }
 
 NAMED_STRATEGIES = [(contraction, name) for contraction, names in strategies.STRATEGIES.items() for name in names]
