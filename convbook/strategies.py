@@ -308,7 +308,7 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
         elif band == positions:
             _product_into(y[n0:n1].view(nb, g, og, positions), w, cols)
         else:
-            _multiply(y[n0].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out], w, cols[0], accumulate=False)
+            _product_into(y[n0].view(g, og, positions)[:, :, r0 * cols_out: r1 * cols_out], w, cols[0])
         if grad is not None:
             _weight_product(grad, cols, partner, (n0, n1, r0, r1), fold_batch, accumulate=index > 0)
     return y if grad is None else (y, grad.view(g * og, cg, kh, kw))
