@@ -357,3 +357,24 @@ def test_both_orientations_of_the_weight_gradients_products_are_pytorchs(long_ro
     monkeypatch.setattr(strategies, "COLUMN_BUDGET", 0)
     with strategies.forced(correlate_weight="im2col"):
         check_against_torch("conv2d", (2, 3, 11, 10), (4, 3, 5, 3), dtype=dtype, padding=(2, 1), stride=(1, 2))
+
+
+@pytest.mark.parametrize("kernel, stride, dilation", [((7, 7), (2, 2), (1, 1)), ((5, 4), (2, 2), (3, 1)),
+                                                      ((4, 4), (2, 2), (1, 1)), ((5, 3), (3, 1), (1, 2)),
+                                                      ((3, 3), (2, 2), (1, 1))])
+def test_the_phase_plane_views_hold_exactly_the_windows_of_the_strided_view(kernel, stride, dilation):
+    """x_pad[s·i + d·u] = P_(du mod s)[i + ⌊du/s⌋]: the views _windows builds from the phase planes, placed at
+    their taps, are the window view of chapter 2 entry for entry -- and the planes are used exactly where the
+    kernel has at least PHASE_WINDOWS taps per phase."""
+    x = torch.randn(2, 3, 17, 16, dtype=torch.float64)
+    weight = torch.randn(4, 3, *kernel, dtype=torch.float64)
+    geometry = checks.conv2d_geometry(x, weight, None, stride, (2, 1), dilation, 1)
+    views = strategies._windows(x, geometry)
+    many = kernel[0] * kernel[1] >= strategies.PHASE_WINDOWS * stride[0] * stride[1]
+    assert len(views) == (len(strategies._tap_phases(kernel[0], stride[0], dilation[0]))
+                          * len(strategies._tap_phases(kernel[1], stride[1], dilation[1])) if many else 1)
+    assembled = torch.full((2, 3, *kernel, *geometry.output_size), float("nan"), dtype=torch.float64)
+    for us, vs, view in views:
+        assembled[:, :, us, vs] = view
+    expected = convbook.kernels.windows(convbook.kernels.pad_to_extent(x, geometry), geometry).permute(0, 1, 4, 5, 2, 3)
+    assert torch.equal(assembled, expected)
