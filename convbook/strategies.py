@@ -345,7 +345,8 @@ per phase on average, ``k_h·k_w ≥ 4·s_h·s_w`` -- the column matrix is then
 at least 4 times the input, so the extra pass that splits the input costs little. Measured (the column
 copies alone): the stem's 7 × 7 stride 2 0.8 ms instead of 2.0, 64 channels 7 × 7 stride 2 at 56 × 56
 4.1 instead of 7.5, 5 × 5 stride 2 0.9 instead of 1.1; 3 × 3 stride 2 (2.25 taps per phase) mixed,
-up to 1.5 times slower."""
+up to 1.5 times slower. Paired against the old code: the stem's forward 0.87, input gradient (col2im's
+buffered grids) 0.94, weight gradient 0.86, training step 0.89 of the time."""
 
 
 def _many_taps_per_phase(geometry: Geometry) -> bool:
