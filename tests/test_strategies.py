@@ -112,6 +112,9 @@ def test_every_strategy_reads_any_memory_layout(contraction, name, layout):
         check_against_torch(op, input_shape, weight_shape, prepare=LAYOUTS[layout], **kwargs)
         check_against_torch("conv_transpose2d", (2, 4, 5, 5), (4, 4 if name != "depthwise" else 1, 3, 3),
                             prepare=LAYOUTS[layout], stride=2, padding=1, groups=1 if name != "depthwise" else 4)
+        many = "conv_many_taps_per_phase_dilated" if name != "depthwise" else "transposed_depthwise_many_taps_per_phase"
+        op, input_shape, weight_shape, kwargs = CASES[many]          # the phase-plane windows and grid buffers
+        check_against_torch(op, input_shape, weight_shape, prepare=LAYOUTS[layout], **kwargs)
 
 
 @pytest.mark.parametrize("contraction,name", NAMED_STRATEGIES, ids=lambda v: v)
