@@ -12,6 +12,8 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         windows of G as the input gradient (chapter 7's pairs)
 * :func:`depthwise_on_its_own_grid`     a stride-1 depthwise layer on its own grid is masked
                                         multiply-accumulates at constant offsets (chapter 7)
+* :func:`im2col_from_phase_planes`      a strided layer's columns read from the phase planes of its
+                                        input, tap phase by tap phase (chapter 7)
 * :func:`spectral_contractions`        the three contractions as products of spectra, frequency by
                                         frequency, with the no-wrap transform length (chapter 7)
 * :func:`conv_transpose_matrix_is_transpose`    the matrix of ``conv_transpose2d`` is exactly Mᵀ,
@@ -295,6 +297,48 @@ def depthwise_on_its_own_grid(case: Case, masked: bool = True) -> Equality:
     claim = "w · (x ⊙ m_δ)[q + off]" if masked else "w · x[q + off], no masks"
     return equality(f"Σ over flat_taps of {claim} = conv2d(x, w), depthwise", case.describe(),
                     derived, truth)
+
+
+
+PHASE_PLANE_CASES = {
+    "7 × 7, stride 2, padding 3 (the stem's geometry)": Case((1, 1, 9, 8), (2, 1, 7, 7), stride=(2, 2), padding=(3, 3)),
+    "stride (2, 3), dilation (3, 2), groups 2": Case((1, 4, 9, 8), (2, 2, 3, 4), stride=(2, 3), padding=(1, 2),
+                                                     dilation=(3, 2), groups=2),
+}
+"""Tiny strided cases for :func:`im2col_from_phase_planes`: several taps per phase, uneven strides and dilations."""
+
+
+def im2col_from_phase_planes(case: Case) -> Equality:
+    """Chapter 7, strided windows from phase planes: with the phase planes ``P_(a,b)[r, q] = x_pad[s·r + a, s·q + b]``,
+    ``x_pad[s·i + d·u] = P_(du mod s)[i + ⌊du/s⌋]``. The column matrix is built as convbook builds it -- tap phase by
+    tap phase (:func:`convbook.strategies.tap_phases`), every entry read from a plane, never from x_pad -- and the
+    forward ``y = W · X_col`` compared with the loop reference."""
+    from .strategies import tap_phases       # imports torch: only where a chapter-7 check needs it
+    (n, c, height, width), (o, cg, kh, kw) = case.input_shape, case.weight_shape
+    (sh, sw), (dh, dw), (top, left) = case.stride, case.dilation, case.padding
+    rows_out, cols_out = case.conv_output_shape()[2:]
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+
+    def padded(i, k, h, l):
+        h, l = h - top, l - left
+        return x[i, k, h, l] if 0 <= h < height and 0 <= l < width else 0
+
+    def plane(a, b, i, k, r, q):
+        return padded(i, k, sh * r + a, sw * q + b)
+
+    columns = {}
+    for a, us in tap_phases(kh, sh, dh).items():
+        for b, vs in tap_phases(kw, sw, dw).items():
+            for u, v, i, k, r, q in product(us, vs, range(n), range(c), range(rows_out), range(cols_out)):
+                columns[i, k, u, v, r, q] = plane(a, b, i, k, r + dh * u // sh, q + dw * v // sw)
+    og = o // case.groups
+    derived = sympy.MutableDenseNDimArray.zeros(n, o, rows_out, cols_out)
+    for i, oo, r, q in product(range(n), range(o), range(rows_out), range(cols_out)):
+        derived[i, oo, r, q] = sum(w[oo, k, u, v] * columns.get((i, oo // og * cg + k, u, v, r, q), 0)
+                                   for k, u, v in product(range(cg), range(kh), range(kw)))
+    truth = reference.conv2d(x, w, None, **case.geometry())
+    return equality("W · X_col, X_col read from the phase planes P_(du mod s) at i + ⌊du/s⌋ = conv2d(x, w)",
+                    case.describe(), derived, truth)
 
 
 # --- Chapter 7: the convolution theorem -------------------------------------------------------

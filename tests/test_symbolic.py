@@ -114,3 +114,8 @@ def test_sympy_depthwise_on_its_own_grid_is_masked_shifts_of_the_flattened_plane
     # the masks are what makes it exact: without them a shift past a row's end reads the next row
     unmasked = symbolic.depthwise_on_its_own_grid(case, masked=False)
     assert unmasked.entries > 0 and not unmasked.all_equal
+
+
+@pytest.mark.parametrize("case", symbolic.PHASE_PLANE_CASES.values(), ids=symbolic.PHASE_PLANE_CASES.keys())
+def test_sympy_strided_columns_read_from_the_phase_planes_give_the_convolution(case):
+    assert_all_equal([symbolic.im2col_from_phase_planes(case)])
