@@ -149,7 +149,7 @@ def _shifted_sources(planes: dict, geometry: Geometry, cols: int, groups: int, s
     return sources
 
 
-def tap_phases(taps: int, step: int, dilation: int) -> dict[int, list[int]]:
+def taps_by_phase(taps: int, step: int, dilation: int) -> dict[int, list[int]]:
     """{phase a: the taps u with d·u ≡ a (mod s)}; within a phase, consecutive taps are equally spaced
     and so are their offsets ⌊d·u/s⌋."""
     phases = {}
@@ -159,8 +159,8 @@ def tap_phases(taps: int, step: int, dilation: int) -> dict[int, list[int]]:
 
 
 def _row_phases(geometry: Geometry) -> dict[int, list[int]]:
-    """:func:`tap_phases` of the kernel's rows."""
-    return tap_phases(geometry.kernel_size[0], geometry.stride[0], geometry.dilation[0])
+    """:func:`taps_by_phase` of the kernel's rows."""
+    return taps_by_phase(geometry.kernel_size[0], geometry.stride[0], geometry.dilation[0])
 
 
 def _row_planes(x: torch.Tensor, geometry: Geometry, name: str):
@@ -373,8 +373,8 @@ def _windows(x: torch.Tensor, geometry: Geometry) -> list[tuple[slice, slice, to
     rows_out, cols_out = geometry.output_size
     planes, rows, cols = _phase_planes(x, geometry, "planes")
     views = []
-    for a, us in tap_phases(kh, sh, dh).items():
-        for b, vs in tap_phases(kw, sw, dw).items():
+    for a, us in taps_by_phase(kh, sh, dh).items():
+        for b, vs in taps_by_phase(kw, sw, dw).items():
             plane = planes[a, b]                                          # (C, N·R·Q)
             du, dv = (us[1] - us[0] if len(us) > 1 else 1), (vs[1] - vs[0] if len(vs) > 1 else 1)
             view = plane.as_strided((n, c, len(us), len(vs), rows_out, cols_out),

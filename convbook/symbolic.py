@@ -311,9 +311,9 @@ PHASE_PLANE_CASES = {
 def im2col_from_phase_planes(case: Case) -> Equality:
     """Chapter 7, strided windows from phase planes: with the phase planes ``P_(a,b)[r, q] = x_pad[s·r + a, s·q + b]``,
     ``x_pad[s·i + d·u] = P_(du mod s)[i + ⌊du/s⌋]``. The column matrix is built as convbook builds it -- tap phase by
-    tap phase (:func:`convbook.strategies.tap_phases`), every entry read from a plane, never from x_pad -- and the
+    tap phase (:func:`convbook.strategies.taps_by_phase`), every entry read from a plane, never from x_pad -- and the
     forward ``y = W · X_col`` compared with the loop reference."""
-    from .strategies import tap_phases       # imports torch: only where a chapter-7 check needs it
+    from .strategies import taps_by_phase       # imports torch: only where a chapter-7 check needs it
     (n, c, height, width), (o, cg, kh, kw) = case.input_shape, case.weight_shape
     (sh, sw), (dh, dw), (top, left) = case.stride, case.dilation, case.padding
     rows_out, cols_out = case.conv_output_shape()[2:]
@@ -327,8 +327,8 @@ def im2col_from_phase_planes(case: Case) -> Equality:
         return padded(i, k, sh * r + a, sw * q + b)
 
     columns = {}
-    for a, us in tap_phases(kh, sh, dh).items():
-        for b, vs in tap_phases(kw, sw, dw).items():
+    for a, us in taps_by_phase(kh, sh, dh).items():
+        for b, vs in taps_by_phase(kw, sw, dw).items():
             for u, v, i, k, r, q in product(us, vs, range(n), range(c), range(rows_out), range(cols_out)):
                 columns[i, k, u, v, r, q] = plane(a, b, i, k, r + dh * u // sh, q + dw * v // sw)
     og = o // case.groups

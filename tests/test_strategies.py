@@ -374,8 +374,8 @@ def test_the_phase_plane_views_hold_exactly_the_windows_of_the_strided_view(kern
     geometry = checks.conv2d_geometry(x, weight, None, stride, (2, 1), dilation, 1)
     views = strategies._windows(x, geometry)
     many = kernel[0] * kernel[1] >= strategies.PHASE_WINDOWS * stride[0] * stride[1]
-    assert len(views) == (len(strategies.tap_phases(kernel[0], stride[0], dilation[0]))
-                          * len(strategies.tap_phases(kernel[1], stride[1], dilation[1])) if many else 1)
+    assert len(views) == (len(strategies.taps_by_phase(kernel[0], stride[0], dilation[0]))
+                          * len(strategies.taps_by_phase(kernel[1], stride[1], dilation[1])) if many else 1)
     assembled = torch.full((2, 3, *kernel, *geometry.output_size), float("nan"), dtype=torch.float64)
     for us, vs, view in views:
         assembled[:, :, us, vs] = view
