@@ -248,12 +248,19 @@ def _blocks(batch: int, rows: int, per_image: int, *sizes: int):
 
     A block's column matrix holds at most ``min(COLUMN_BUDGET × max(sizes), COLUMN_LIMIT)`` elements:
     as many whole images as fit, spread evenly -- or, when one image does not fit (large kernels,
-    large images), one image at a time in bands of output rows.
+    large images), one image at a time in bands of output rows. A chunk of several images holds a multiple
+    of the thread count where it can: its batched product gives each thread whole images, and an odd chunk
+    left r18_128_28's forward (3 + 3 + 2 images) 20% slower than chunks of 2.
     """
     budget = min(COLUMN_BUDGET * max(sizes), COLUMN_LIMIT)
     if per_image <= budget:
-        chunks = -(-batch // max(1, budget // max(1, per_image)))
+        fit, threads = max(1, budget // max(1, per_image)), torch.get_num_threads()
+        if fit >= threads:
+            fit -= fit % threads
+        chunks = -(-batch // fit)
         step = -(-batch // chunks)
+        if fit >= threads:
+            step = min(fit, -(-step // threads) * threads)
         for n0 in range(0, batch, step):
             yield n0, min(batch, n0 + step), 0, rows
         return
@@ -319,8 +326,26 @@ POSITIONS_MAJOR_DEPTH = 8
 has rows (O_g) is written positions-major (:func:`_product_into`)."""
 
 
+def _batched(w: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` (…, O_g, K) repeated over the leading dimensions of ``cols`` (…, K, L) -- a stride-0 view, no copy
+    when there is one group -- and both as stacks of matrices for one ``torch.bmm``: (B, O_g, K), (B, K, L).
+
+    One ``torch.bmm`` rather than ``torch.matmul(w, cols, out=...)``: matmul broadcasts by expanding ``w``,
+    multiplies into a temporary and copies that into ``out`` -- into a transposed ``out`` (positions-major) a
+    copy whose inner loop reads the temporary one channel row (12.5 KB) apart, a new page for every number.
+    That copy is what slowed in chapter 7's "slow phase" of the machine. Measured, the forward of r18_64_56
+    over a minute of paired rounds: 1.67 times native's time where the matmul version took 2.56 (its slow
+    rounds), and the same (1.55-1.6) where it was fast.
+    """
+    count = math.prod(cols.shape[:-2])
+    rows, depth = w.shape[-2:]
+    return (w.expand(*cols.shape[:-2], rows, depth).reshape(count, rows, depth),
+            cols.reshape(count, depth, cols.shape[-1]))
+
+
 def _product_into(target: torch.Tensor, w: torch.Tensor, cols: torch.Tensor) -> None:
-    """``target = w @ cols`` for (…, O_g, K) @ (…, K, L) into ``target`` (…, O_g, L).
+    """``target = w @ cols`` for (…, O_g, K) @ (…, K, L) into ``target`` (…, O_g, L), one batched product
+    (:func:`_batched`).
 
     The matrix library here (MKL on the benchmark's AMD EPYC) multiplies a few output channels by
     many positions about 1.3-1.5 times as fast when the result is laid out positions-major -- (L, O_g),
@@ -329,13 +354,17 @@ def _product_into(target: torch.Tensor, w: torch.Tensor, cols: torch.Tensor) -> 
     copy of the result (≈1 ns per entry), it is written so into a scratch buffer and copied into
     ``target``; otherwise straight into ``target``. (Measured: the forward of r18_64_56 (K = 9·O_g) and
     r18_128_28 (K = 9·O_g) 5-13% faster, r18_64_128s2's (K = 4.5·O_g) 5-10% slower.)"""
+    w_all, cols_all = _batched(w, cols)
     rows, depth = w.shape[-2:]
     if depth < POSITIONS_MAJOR_DEPTH * rows:
-        torch.matmul(w, cols, out=target)
+        if target.is_contiguous():
+            torch.bmm(w_all, cols_all, out=target.view(w_all.shape[0], rows, -1))
+        else:
+            torch.matmul(w, cols, out=target)
         return
-    scratch = workspace.buffer("product", (*target.shape[:-2], target.shape[-1], rows), target.dtype, target.device)
-    torch.matmul(w, cols, out=scratch.transpose(-1, -2))
-    target.copy_(scratch.transpose(-1, -2))
+    scratch = workspace.buffer("product", (w_all.shape[0], cols.shape[-1], rows), target.dtype, target.device)
+    torch.bmm(cols_all.transpose(1, 2), w_all.transpose(1, 2), out=scratch)
+    target.copy_(scratch.view(*target.shape[:-2], cols.shape[-1], rows).transpose(-1, -2))
 
 
 PHASE_WINDOWS = 4
@@ -800,7 +829,7 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
             taps = cols.view(g * cg, kh, kw, nb, rows_out, cols_out).permute(3, 0, 1, 2, 4, 5)
         else:
             cols = workspace.buffer("columns", (nb, g, k, positions), y.dtype, y.device)
-            torch.matmul(w_t, y[n0:n1].reshape(-1, g, og, positions), out=cols)
+            torch.bmm(*_batched(w_t, y[n0:n1].reshape(nb, g, og, positions)), out=cols.view(nb * g, k, positions))
             taps = cols.view(nb, g * cg, kh, kw, rows_out, cols_out)
         _add_taps(image[n0:n1], taps, geometry)
     return image
