@@ -309,9 +309,11 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     for index, (n0, n1, r0, r1) in enumerate(blocks):
         cols, nb, band = _columns(windows, (n0, n1, r0, r1), geometry, fold_batch), n1 - n0, (r1 - r0) * cols_out
         if fold_batch:
-            out = workspace.buffer("product", (g, og, nb * band), x.dtype, x.device)
-            torch.bmm(w, cols, out=out)
-            y[n0:n1, :, r0:r1].copy_(out.view(g * og, nb, r1 - r0, cols_out).transpose(0, 1))
+            parts = cols.shape[0]
+            out = workspace.buffer("product", (parts, g, og, cols.shape[-1]), x.dtype, x.device)
+            torch.bmm(*_batched(w, cols), out=out.view(parts * g, og, -1))
+            y[n0:n1, :, r0:r1].unflatten(0, (parts, -1)).copy_(
+                out.view(parts, g * og, nb // parts, r1 - r0, cols_out).transpose(1, 2))
         elif band == positions:
             _product_into(y[n0:n1].view(nb, g, og, positions), w, cols)
         else:
@@ -415,22 +417,35 @@ def _windows(x: torch.Tensor, geometry: Geometry) -> list[tuple[slice, slice, to
 
 def _columns(windows: list, block: tuple[int, int, int, int], geometry: Geometry, fold_batch: bool) -> torch.Tensor:
     """One block's column matrix (:func:`_blocks`), ``X_col[(c,u,v), ·] = x_pad[c, s·i + d·u, s·j + d·v]``
-    copied from the window views of :func:`_windows` into the reused buffer: (g, K, nb·band) with
-    columns (n, i, j) when ``fold_batch``, else (nb, g, K, band)."""
+    copied from the window views of :func:`_windows` into the reused buffer: (parts, g, K, m·band) with
+    columns (n, i, j) when ``fold_batch`` (the block's images in :func:`_parts` parts of m), else
+    (nb, g, K, band)."""
     n0, n1, r0, r1 = block
     (kh, kw), groups, cols_out = geometry.kernel_size, geometry.groups, geometry.output_size[1]
     nb, c, rows, first = n1 - n0, windows[0][2].shape[1], r1 - r0, windows[0][2]
-    cg = c // groups
+    cg, parts = c // groups, _parts(nb) if fold_batch else nb
+    m = nb // parts
     if fold_batch:
-        cols = workspace.buffer("columns", (groups, cg, kh, kw, nb, rows, cols_out), first.dtype, first.device)
-        target = cols.view(c, kh, kw, nb, rows, cols_out).permute(3, 0, 1, 2, 4, 5)
+        cols = workspace.buffer("columns", (parts, groups, cg, kh, kw, m, rows, cols_out), first.dtype, first.device)
+        target = cols.view(parts, c, kh, kw, m, rows, cols_out).permute(0, 4, 1, 2, 3, 5, 6)
     else:
         cols = workspace.buffer("columns", (nb, groups, cg, kh, kw, rows, cols_out), first.dtype, first.device)
-        target = cols.view(nb, c, kh, kw, rows, cols_out)
+        target = cols.view(nb, 1, c, kh, kw, rows, cols_out)
     for us, vs, view in windows:
-        target[:, :, us, vs].copy_(view[n0:n1, :, :, :, r0:r1])
-    return cols.view(groups, cg * kh * kw, nb * rows * cols_out) if fold_batch else \
-        cols.view(nb, groups, cg * kh * kw, rows * cols_out)
+        target[:, :, :, us, vs].copy_(view[n0:n1, :, :, :, r0:r1].unflatten(0, (parts, m)))
+    return cols.view(parts, groups, cg * kh * kw, m * rows * cols_out)
+
+
+def _parts(images: int) -> int:
+    """Into how many parts a chunk of ``images`` is split when its columns are folded (n, i, j): one per
+    thread where they divide evenly, else 1. Each part is one product of a batched ``torch.bmm``, which
+    the matrix library gives to one thread, and every copy into or out of the folded buffers is one
+    operation over all parts, laid out part by part, which PyTorch splits between its threads in the same
+    way -- so a thread reads back only what it wrote. Reading what the *other* core wrote was what slowed
+    in chapter 7's slow phase: a copy of 8 MB that reads the other core's half took 1.08 ms instead of
+    0.29 while a copy of its own half stayed at 0.27 (the machine section)."""
+    threads = torch.get_num_threads()
+    return threads if 1 < threads <= images and images % threads == 0 else 1
 
 
 WEIGHT_ROWS_LONGER = True
@@ -453,9 +468,16 @@ def _weight_product(grad: torch.Tensor, cols: torch.Tensor, y: torch.Tensor, blo
     groups, cols_out = grad.shape[0], y.shape[3]
     if fold_batch:
         # the "product" slot is free here: correlate_im2col has copied its product into the result
-        y_cm = workspace.buffer("product", (y.shape[1], n1 - n0, r1 - r0, cols_out), y.dtype, y.device)
-        y_cm.copy_(y[n0:n1, :, r0:r1].transpose(0, 1))
-        _multiply(grad, y_cm.view(groups, grad.shape[1], -1), cols.transpose(1, 2), accumulate)
+        parts = cols.shape[0]
+        y_cm = workspace.buffer("product", (parts, y.shape[1], (n1 - n0) // parts, r1 - r0, cols_out), y.dtype, y.device)
+        y_cm.copy_(y[n0:n1, :, r0:r1].unflatten(0, (parts, -1)).transpose(1, 2))
+        if parts == 1:
+            _multiply(grad, y_cm.view(groups, grad.shape[1], -1), cols[0].transpose(1, 2), accumulate)
+            return
+        partial = workspace.buffer("weight_rows", (parts, *grad.shape), grad.dtype, grad.device)
+        torch.bmm(y_cm.view(parts * groups, grad.shape[1], -1), cols.flatten(0, 1).transpose(1, 2),
+                  out=partial.view(parts * groups, *grad.shape[1:]))
+        grad.add_(partial.sum(0)) if accumulate else torch.sum(partial, 0, out=grad)
         return
     og, depth = grad.shape[1:]
     nb, band = n1 - n0, (r1 - r0) * cols_out
@@ -765,7 +787,7 @@ def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, we
     """
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     (top, left), (rows_out, cols_out) = geometry.padding, geometry.output_size
-    height, width = image.shape[2:]
+    height, width = image.shape[-2:]
     if (kh, kw, dh, dw, top, left, height, width) == (sh, sw, 1, 1, 0, 0, sh * rows_out, sw * cols_out):
         _tile(image, columns, weights)
         return
@@ -774,9 +796,9 @@ def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, we
     plan = []                                                    # (grid, its taps, covering tap or None)
     for a in range(min(sh, height)):
         for b in range(min(sw, width)):
-            grid = image[:, :, a::sh, b::sw]
+            grid = image[..., a::sh, b::sw]
             taps = [(u, v) for u in row_taps if row_taps[u][0] == a for v in col_taps if col_taps[v][0] == b]
-            whole = (0, grid.shape[2]), (0, grid.shape[3])
+            whole = (0, grid.shape[-2]), (0, grid.shape[-1])
             cover = next((t for t in taps if (row_taps[t[0]][1:3], col_taps[t[1]][1:3]) == whole), None)
             plan.append((grid, taps, cover))
     buffered = _many_taps_per_phase(geometry)
@@ -788,9 +810,9 @@ def _add_taps(image: torch.Tensor, columns: torch.Tensor, geometry: Geometry, we
             target.zero_()
         for u, v in sorted(taps, key=lambda t: t != cover):      # the covering tap first
             (_, k0, k1, m0, m1), (_, l0, l1, n0, n1) = row_taps[u], col_taps[v]
-            part, first = target[:, :, k0:k1, l0:l1], (u, v) == cover
+            part, first = target[..., k0:k1, l0:l1], (u, v) == cover
             if weights is None:
-                source = columns[:, :, u, v, m0:m1, n0:n1]
+                source = columns[..., u, v, m0:m1, n0:n1]
                 part.copy_(source) if first else part.add_(source)
             else:
                 source, w = columns[:, :, m0:m1, n0:n1], weights[:, :, u, v]
@@ -805,10 +827,11 @@ def _tile(image: torch.Tensor, columns: torch.Tensor, weights=None) -> None:
     ``image[:, :, i, u, j, v] = columns[:, :, u, v, i, j]`` with the image viewed (N, C, H_out, s_h, W_out, s_w)
     -- one pass writing whole rows, where one strided copy per tap wrote every s-th entry (T_64_32_k2s2's
     forward: 0.88 of the time, paired rounds)."""
-    n, c, rows_out, cols_out = image.shape[0], image.shape[1], *columns.shape[-2:]
-    target = image.unflatten(3, (cols_out, -1)).unflatten(2, (rows_out, -1))
+    c, rows_out, cols_out = image.shape[-3], *columns.shape[-2:]
+    target = image.unflatten(-1, (cols_out, -1)).unflatten(-3, (rows_out, -1))
     if weights is None:
-        target.copy_(columns.permute(0, 1, 4, 2, 5, 3))
+        lead = columns.dim() - 4
+        target.copy_(columns.permute(*range(lead), lead + 2, lead, lead + 3, lead + 1))
     else:
         kh, kw = weights.shape[2:4]
         torch.mul(columns[:, :, :, None, :, None], weights.reshape(1, c, 1, kh, 1, kw), out=target)
@@ -826,17 +849,17 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
     image = y.new_empty(n, g * cg, *geometry.input_size)
     for n0, n1, _, _ in _blocks(n, 1, g * k * positions, y.numel(), image.numel(), weight.numel()):
         nb = n1 - n0
+        parts = _parts(nb) if fold_batch else nb
+        m = nb // parts
         if fold_batch:
-            part = workspace.buffer("product", (g * og, nb, positions), y.dtype, y.device)
-            part.copy_(y[n0:n1].reshape(nb, g * og, positions).transpose(0, 1))
-            cols = workspace.buffer("columns", (g, k, nb * positions), y.dtype, y.device)
-            torch.bmm(w_t, part.view(g, og, nb * positions), out=cols)
-            taps = cols.view(g * cg, kh, kw, nb, rows_out, cols_out).permute(3, 0, 1, 2, 4, 5)
+            part = workspace.buffer("product", (parts, g * og, m, positions), y.dtype, y.device)
+            part.copy_(y[n0:n1].reshape(parts, m, g * og, positions).transpose(1, 2))
         else:
-            cols = workspace.buffer("columns", (nb, g, k, positions), y.dtype, y.device)
-            torch.bmm(*_batched(w_t, y[n0:n1].reshape(nb, g, og, positions)), out=cols.view(nb * g, k, positions))
-            taps = cols.view(nb, g * cg, kh, kw, rows_out, cols_out)
-        _add_taps(image[n0:n1], taps, geometry)
+            part = y[n0:n1]
+        cols = workspace.buffer("columns", (parts, g, k, m * positions), y.dtype, y.device)
+        torch.bmm(*_batched(w_t, part.reshape(parts, g, og, m * positions)), out=cols.view(parts * g, k, -1))
+        taps = cols.view(parts, g * cg, kh, kw, m, rows_out, cols_out).permute(0, 4, 1, 2, 3, 5, 6)
+        _add_taps(image[n0:n1].unflatten(0, (parts, m)), taps, geometry)
     return image
 
 
