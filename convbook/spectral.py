@@ -129,7 +129,9 @@ def _row_chunks(plan: Plan, spectrum_entries: int, per_row: int):
     (rows × S_w/2+1 × C_g × O_g) block: the tap spectrum and the weight spectrum are made and used a
     block at a time, never whole (each is O_g / N times the size of the images' spectra: for lk7_32_64,
     O_g = 32 and N = 8, 20 MB against 5 MB)."""
-    step = max(1, min(plan.sizes[0], spectrum_entries // max(1, per_row)))
+    step, threads = max(1, min(plan.sizes[0], spectrum_entries // max(1, per_row))), torch.get_num_threads()
+    if step >= threads > 1:
+        step -= step % threads                          # whole parts for _by_thread
     return [slice(r, min(r + step, plan.sizes[0])) for r in range(0, plan.sizes[0], step)]
 
 
@@ -139,6 +141,26 @@ def _along_cols(weight: torch.Tensor, plan: Plan, groups: int) -> torch.Tensor:
     o, cg, kh, _ = weight.shape
     along = _real_times(weight, plan.cols).view(groups, o // groups, cg, kh, plan.half).permute(3, 4, 0, 2, 1)
     return along.reshape(kh, -1)
+
+
+def _by_thread(phases: torch.Tensor, block: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``phases @ block`` for row phases (r, k) and a block (k, M) -- or, with ``transpose``, ``phasesᵀ @ block``
+    for a block (r, M) -- with the r frequency rows split into one part per thread, each part one product
+    of a ``torch.bmm``: the thread that makes (or sums) a part's rows is the one whose per-frequency
+    products read (or wrote) them, as PyTorch and the matrix library split the batch of frequencies, row
+    by row, in the same contiguous halves. One product over all rows splits its output by columns instead,
+    so that each thread read half of what the other wrote -- what slowed in chapter 7's slow phase
+    (lk7_32_64's tap spectra 2.3 times as long). With ``transpose`` the parts' sums are added at the end."""
+    r, threads = phases.shape[0], torch.get_num_threads()
+    parts = threads if 1 < threads <= r and r % threads == 0 else 1
+    if transpose:
+        if parts == 1:
+            return phases.transpose(0, 1) @ block
+        split = phases.view(parts, r // parts, -1).transpose(1, 2)
+        return torch.bmm(split, block.view(parts, r // parts, -1)).sum(0)
+    if parts == 1:
+        return phases @ block
+    return torch.bmm(phases.view(parts, r // parts, -1), block.expand(parts, *block.shape)).view(r, -1)
 
 
 def _per_frequency(plan: Plan, groups: int, rows: slice) -> slice:
@@ -155,7 +177,7 @@ def _products(first: torch.Tensor, weight: torch.Tensor, plan: Plan, groups: int
     along = _along_cols(weight, plan, groups)
     out = first.new_empty(first.shape[0], first.shape[1], cg if adjoint else o // groups)
     for rows in _row_chunks(plan, first.numel(), plan.half * cg * o):
-        spectrum_rows = (plan.rows[rows] @ along).view(-1, cg, o // groups)
+        spectrum_rows = _by_thread(plan.rows[rows], along).view(-1, cg, o // groups)
         batch = _per_frequency(plan, groups, rows)
         torch.bmm(first[batch], spectrum_rows.conj().transpose(1, 2) if adjoint else spectrum_rows, out=out[batch])
     return out
@@ -171,7 +193,7 @@ def _weight_products(y_hat: torch.Tensor, x_hat: torch.Tensor, plan: Plan, group
     for rows in _row_chunks(plan, x_hat.numel(), plan.half * groups * og * cg):
         batch = _per_frequency(plan, groups, rows)
         block = torch.bmm(y_hat[batch].conj().transpose(1, 2), x_hat[batch]).view(rows.stop - rows.start, -1)
-        term = plan.rows[rows].transpose(0, 1) @ block                        # (k_h, S_w/2+1 · g · O_g · C_g)
+        term = _by_thread(plan.rows[rows], block, transpose=True)               # (k_h, S_w/2+1 · g · O_g · C_g)
         along_rows = term if along_rows is None else along_rows.add_(term)
     along_rows = along_rows.view(kh, plan.half, groups, og, cg).permute(2, 3, 4, 0, 1)
     twice = torch.full((plan.half, 1), 2.0, dtype=plan.cols.real.dtype, device=x_hat.device)
