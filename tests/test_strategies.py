@@ -169,11 +169,19 @@ def test_depthwise_works_block_of_channels_by_block(per_block, monkeypatch):
 @pytest.mark.parametrize("per_block", [1, 2, 3])
 def test_depthwise_on_its_own_grid_works_image_by_image_and_block_of_channels_by_block(per_block, monkeypatch):
     # stride 1 and "same" padding: the taps run on the image itself, H·W = 42 elements per channel
-    # and image, in blocks of 1, 2 or 3 of the 5 channels (the last smaller); the pair too
+    # and image, in blocks of 1, 2 or 3 channels (the last smaller); the pair too. Two threads, batch 2:
+    # the two images side by side, one image of 10 channels; batch 3 (odd) or one thread: image by image
     monkeypatch.setattr(strategies, "SAME_GRID_BLOCK", 42 * per_block)
-    with strategies.forced("depthwise"):
-        check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1)
-        check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=2, dilation=2)
+    threads = torch.get_num_threads()
+    try:
+        for count in (2, 1):
+            torch.set_num_threads(count)
+            with strategies.forced("depthwise"):
+                check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1)
+                check_against_torch("conv2d", (2, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=2, dilation=2)
+                check_against_torch("conv2d", (3, 5, 7, 6), (5, 1, 3, 3), groups=5, padding=1)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["col2im", "depthwise"])
