@@ -309,11 +309,17 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
     for index, (n0, n1, r0, r1) in enumerate(blocks):
         cols, nb, band = _columns(windows, (n0, n1, r0, r1), geometry, fold_batch), n1 - n0, (r1 - r0) * cols_out
         if fold_batch:
-            parts = cols.shape[0]
-            out = workspace.buffer("product", (parts, g, og, cols.shape[-1]), x.dtype, x.device)
-            torch.bmm(*_batched(w, cols), out=out.view(parts * g, og, -1))
-            y[n0:n1, :, r0:r1].unflatten(0, (parts, -1)).copy_(
-                out.view(parts, g * og, nb // parts, r1 - r0, cols_out).transpose(1, 2))
+            parts, m = cols.shape[0], nb // cols.shape[0]
+            target = y[n0:n1, :, r0:r1].unflatten(0, (parts, m)).unflatten(2, (g, og)).flatten(-2)
+            w_all, cols_all = _batched(w, cols)
+            if k < POSITIONS_MAJOR_DEPTH * og:
+                out = workspace.buffer("product", (parts, g, og, m * band), x.dtype, x.device)
+                torch.bmm(w_all, cols_all, out=out.view(parts * g, og, -1))
+                target.copy_(out.view(parts, g, og, m, band).permute(0, 3, 1, 2, 4))
+            else:                                                        # positions-major (_product_into)
+                out = workspace.buffer("product", (parts, g, m * band, og), x.dtype, x.device)
+                torch.bmm(cols_all.transpose(1, 2), w_all.transpose(1, 2), out=out.view(parts * g, -1, og))
+                target.copy_(out.view(parts, g, m, band, og).permute(0, 2, 1, 4, 3))
         elif band == positions:
             _product_into(y[n0:n1].view(nb, g, og, positions), w, cols)
         else:
