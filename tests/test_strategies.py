@@ -389,3 +389,41 @@ def test_the_phase_plane_views_hold_exactly_the_windows_of_the_strided_view(kern
         assembled[:, :, us, vs] = view
     expected = convbook.kernels.windows(convbook.kernels.pad_to_extent(x, geometry), geometry).permute(0, 1, 4, 5, 2, 3)
     assert torch.equal(assembled, expected)
+
+
+@pytest.fixture
+def threads():
+    """Set torch's thread count inside a test; the count the suite runs with is put back after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_folded_columns_in_one_part_per_thread_are_pytorchs(count, dtype, threads):
+    """The folded strategies split a chunk's images into one part per thread (:func:`strategies._parts`)
+    where the threads divide them, else one part: batch 6 is 6, 2 or 3 parts of 1-6 images, batch 5 one part
+    (or five of one image) -- forward, input gradient and weight gradient, grouped and not, and a
+    product written positions-major (deep enough) and channel-major."""
+    threads(count)
+    assert strategies._parts(6) == (count if count > 1 else 1) and strategies._parts(5) == (5 if count == 5 else 1)
+    with strategies.forced(correlate="im2col_folded", correlate_transpose="col2im_folded",
+                           correlate_weight="im2col_folded", correlate_pair="im2col_folded"):
+        for batch in (6, 5):
+            check_against_torch("conv2d", (batch, 3, 7, 8), (4, 3, 3, 3), dtype=dtype, padding=1)
+            check_against_torch("conv2d", (batch, 4, 6, 6), (4, 2, 3, 3), dtype=dtype, stride=2, groups=2)
+            check_against_torch("conv_transpose2d", (batch, 4, 5, 6), (4, 3, 4, 4), dtype=dtype, stride=2, padding=1)
+    with strategies.forced(correlate="im2col", correlate_weight="im2col", correlate_pair="im2col"):
+        check_against_torch("conv2d", (6, 3, 7, 8), (4, 3, 3, 3), dtype=dtype, padding=1)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_the_fft_strategy_splits_its_frequency_rows_by_thread_exactly(count, threads):
+    """The tap spectrum and the weight gradient's row sums of :mod:`convbook.spectral` split a chunk's
+    frequency rows into one part per thread where they divide it (:func:`spectral._by_thread`): even and odd
+    transform lengths (S_h = 8 and 9 here), at 1, 2 and 3 threads, forward and backward."""
+    threads(count)
+    with strategies.forced("fft"):
+        for size in (6, 7):
+            check_against_torch("conv2d", (2, 3, size, 7), (4, 3, 5, 5), padding=2)
