@@ -367,8 +367,10 @@ def _product_into(target: torch.Tensor, w: torch.Tensor, cols: torch.Tensor) -> 
     if depth < POSITIONS_MAJOR_DEPTH * rows:
         if target.is_contiguous():
             torch.bmm(w_all, cols_all, out=target.view(w_all.shape[0], rows, -1))
-        else:
-            torch.matmul(w, cols, out=target)
+            return
+        scratch = workspace.buffer("product", (w_all.shape[0], rows, cols.shape[-1]), target.dtype, target.device)
+        torch.bmm(w_all, cols_all, out=scratch)            # a band of rows: not torch.matmul's broadcasting
+        target.copy_(scratch.view(target.shape))
         return
     scratch = workspace.buffer("product", (w_all.shape[0], cols.shape[-1], rows), target.dtype, target.device)
     torch.bmm(cols_all.transpose(1, 2), w_all.transpose(1, 2), out=scratch)
