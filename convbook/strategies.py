@@ -311,15 +311,7 @@ def correlate_im2col(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, 
         if fold_batch:
             parts, m = cols.shape[0], nb // cols.shape[0]
             target = y[n0:n1, :, r0:r1].unflatten(0, (parts, m)).unflatten(2, (g, og)).flatten(-2)
-            w_all, cols_all = _batched(w, cols)
-            if k < POSITIONS_MAJOR_DEPTH * og:
-                out = workspace.buffer("product", (parts, g, og, m * band), x.dtype, x.device)
-                torch.bmm(w_all, cols_all, out=out.view(parts * g, og, -1))
-                target.copy_(out.view(parts, g, og, m, band).permute(0, 3, 1, 2, 4))
-            else:                                                        # positions-major (_product_into)
-                out = workspace.buffer("product", (parts, g, m * band, og), x.dtype, x.device)
-                torch.bmm(cols_all.transpose(1, 2), w_all.transpose(1, 2), out=out.view(parts * g, -1, og))
-                target.copy_(out.view(parts, g, m, band, og).permute(0, 2, 1, 4, 3))
+            target.copy_(_product(w, cols).unflatten(-1, (m, band)).permute(0, 3, 1, 2, 4))
         elif band == positions:
             _product_into(y[n0:n1].view(nb, g, og, positions), w, cols)
         else:
@@ -362,19 +354,28 @@ def _product_into(target: torch.Tensor, w: torch.Tensor, cols: torch.Tensor) -> 
     copy of the result (≈1 ns per entry), it is written so into a scratch buffer and copied into
     ``target``; otherwise straight into ``target``. (Measured: the forward of r18_64_56 (K = 9·O_g) and
     r18_128_28 (K = 9·O_g) 5-13% faster, r18_64_128s2's (K = 4.5·O_g) 5-10% slower.)"""
-    w_all, cols_all = _batched(w, cols)
     rows, depth = w.shape[-2:]
-    if depth < POSITIONS_MAJOR_DEPTH * rows:
-        if target.is_contiguous():
-            torch.bmm(w_all, cols_all, out=target.view(w_all.shape[0], rows, -1))
-            return
-        scratch = workspace.buffer("product", (w_all.shape[0], rows, cols.shape[-1]), target.dtype, target.device)
-        torch.bmm(w_all, cols_all, out=scratch)            # a band of rows: not torch.matmul's broadcasting
-        target.copy_(scratch.view(target.shape))
+    if depth < POSITIONS_MAJOR_DEPTH * rows and target.is_contiguous():
+        w_all, cols_all = _batched(w, cols)
+        torch.bmm(w_all, cols_all, out=target.view(w_all.shape[0], rows, -1))
         return
-    scratch = workspace.buffer("product", (w_all.shape[0], cols.shape[-1], rows), target.dtype, target.device)
+    target.copy_(_product(w, cols))
+
+
+def _product(w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``w @ cols`` for (…, O_g, K) @ (…, K, L) by one batched product (:func:`_batched`) into the reused
+    "product" buffer, returned as a (…, O_g, L) view: channel-major, or -- where the product is deep enough
+    (:data:`POSITIONS_MAJOR_DEPTH`, see :func:`_product_into`) -- a transposed view of a positions-major
+    (…, L, O_g) product. The caller copies it into place (a band of rows, or folded images)."""
+    w_all, cols_all = _batched(w, cols)
+    (rows, depth), lead, length = w.shape[-2:], cols.shape[:-2], cols.shape[-1]
+    if depth < POSITIONS_MAJOR_DEPTH * rows:
+        scratch = workspace.buffer("product", (w_all.shape[0], rows, length), cols.dtype, cols.device)
+        torch.bmm(w_all, cols_all, out=scratch)
+        return scratch.view(*lead, rows, length)
+    scratch = workspace.buffer("product", (w_all.shape[0], length, rows), cols.dtype, cols.device)
     torch.bmm(cols_all.transpose(1, 2), w_all.transpose(1, 2), out=scratch)
-    target.copy_(scratch.view(*target.shape[:-2], cols.shape[-1], rows).transpose(-1, -2))
+    return scratch.view(*lead, length, rows).transpose(-1, -2)
 
 
 PHASE_WINDOWS = 4
