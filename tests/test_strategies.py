@@ -419,6 +419,29 @@ def test_folded_columns_in_one_part_per_thread_are_pytorchs(count, dtype, thread
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
+def test_shifted_products_in_one_part_per_thread_are_pytorchs(count, threads):
+    """The shifted strategies lay the phase planes out in one part of the images per thread (:func:`strategies._parts`)
+    and run every tap's products of all parts and groups as one batch, the weight gradient's parts summed at the
+    end: batch 6 in 1, 2 or 3 parts, batch 5 in one -- stride 1 and 2, dilated, grouped, transposed (whose phases
+    the shifted correlation writes in place), forward and both gradients, and the pair that shares the planes.
+
+    float64 only (1e-12): the claim is the index map. In float32 the weight gradient of the first case sums 336
+    products whose partial sums reach about 20, and PyTorch's own result lies 1.1e-5 from the float64 one (ours
+    5.4e-6), so the two float32 results differ by more than ``assert_close``'s unscaled 1e-5 by rounding alone."""
+    threads(count)
+    dtype = torch.float64
+    with strategies.forced("shifted"):
+        for batch in (6, 5):
+            check_against_torch("conv2d", (batch, 3, 7, 8), (4, 3, 3, 3), dtype=dtype, padding=1)
+            check_against_torch("conv2d", (batch, 4, 9, 8), (6, 2, 3, 2), dtype=dtype, stride=2, padding=(1, 0),
+                                dilation=(2, 1), groups=2)
+    with strategies.forced(correlate="shifted", correlate_weight="shifted", correlate_transpose="phase"):
+        check_against_torch("conv_transpose2d", (6, 4, 5, 6), (4, 3, 4, 4), dtype=dtype, stride=2, padding=1)
+    with strategies.forced(correlate_pair="shifted"):
+        check_against_torch("conv_transpose2d", (6, 4, 5, 6), (4, 4, 2, 2), dtype=dtype, stride=2, groups=2)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
 def test_the_fft_strategy_splits_its_frequency_rows_by_thread_exactly(count, threads):
     """The tap spectrum and the weight gradient's row sums of :mod:`convbook.spectral` split a chunk's
     frequency rows into one part per thread where they divide it (:func:`spectral._by_thread`): even and odd
