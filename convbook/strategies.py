@@ -538,12 +538,8 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
     for u, v, source in sources:
         _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
     y = out.as_strided((parts, m, g * og, rows_out, cols_out), (g * og * span, rows * cols, span, cols, 1))
-    if into is None:
-        result = x.new_empty(n, g * og, rows_out, cols_out)  # never the buffer
-        result.view(parts, m, g * og, rows_out, cols_out).copy_(y)
-    else:
-        result = into
-        into.unflatten(0, (parts, m)).copy_(y)
+    result = x.new_empty(n, g * og, rows_out, cols_out) if into is None else into  # never the buffer
+    result.unflatten(0, (parts, m)).copy_(y)
     if partner is None:
         return result
     return result, _weight_taps(sources, partner, geometry, rows, cols, span, blocked=False, parts=parts)
