@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from . import workspace
 from .index_map import Geometry, effective_kernel_size, input_position
 
 _REAL = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
@@ -151,8 +152,8 @@ def _by_thread(phases: torch.Tensor, block: torch.Tensor, transpose: bool = Fals
     by row, in the same contiguous halves. One product over all rows splits its output by columns instead,
     so that each thread read half of what the other wrote -- what slowed in chapter 7's slow phase
     (lk7_32_64's tap spectra 2.3 times as long). With ``transpose`` the parts' sums are added at the end."""
-    r, threads = phases.shape[0], torch.get_num_threads()
-    parts = threads if 1 < threads <= r and r % threads == 0 else 1
+    r = phases.shape[0]
+    parts = workspace.thread_parts(r)
     if transpose:
         if parts == 1:
             return phases.transpose(0, 1) @ block

@@ -458,8 +458,7 @@ def _parts(images: int) -> int:
     way -- so a thread reads back only what it wrote. Reading what the *other* core wrote was what slowed
     in chapter 7's slow phase: a copy of 8 MB that reads the other core's half took 1.08 ms instead of
     0.29 while a copy of its own half stayed at 0.27 (the machine section)."""
-    threads = torch.get_num_threads()
-    return threads if 1 < threads <= images and images % threads == 0 else 1
+    return workspace.thread_parts(images)
 
 
 WEIGHT_ROWS_LONGER = True

@@ -69,6 +69,13 @@ def _frames() -> dict:
     return _local.frames
 
 
+def thread_parts(count: int) -> int:
+    """Into how many equal parts ``count`` items (images, frequency rows) are split so that each of
+    PyTorch's threads works on its own part: the thread count where it divides ``count``, else 1."""
+    threads = torch.get_num_threads()
+    return threads if 1 < threads <= count and count % threads == 0 else 1
+
+
 def held_bytes() -> int:
     """Bytes this thread's buffers hold now."""
     return sum(t.numel() * t.element_size() for t in _slots().values())
