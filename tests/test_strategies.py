@@ -36,6 +36,7 @@ CASES = {
     "transposed_depthwise": ("conv_transpose2d", (2, 3, 5, 5), (3, 1, 3, 3), dict(stride=2, groups=3, padding=2)),
     "transposed_stride_3_kernel_2": ("conv_transpose2d", (1, 2, 4, 4), (2, 3, 2, 2), dict(stride=3, padding=1, output_padding=2)),
     "transposed_taps_tile_the_image": ("conv_transpose2d", (2, 4, 5, 6), (4, 3, 2, 2), dict(stride=2)),
+    "transposed_taps_tile_the_image_in_column_pairs": ("conv_transpose2d", (2, 4, 3, 5), (4, 3, 3, 2), dict(stride=(3, 2))),
     "transposed_depthwise_taps_tile_the_image": ("conv_transpose2d", (2, 3, 4, 5), (3, 1, 2, 3), dict(stride=(2, 3), groups=3)),
     "conv_kernel_equals_stride": ("conv2d", (2, 3, 8, 10), (4, 3, 2, 2), dict(stride=2)),
     # at least 4 taps per stride phase: im2col copies from phase planes, col2im sums each grid in a buffer
