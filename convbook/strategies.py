@@ -876,25 +876,23 @@ def _tile(image: torch.Tensor, columns: torch.Tensor, weights=None) -> None:
     c, rows_out, cols_out = image.shape[-3], *columns.shape[-2:]
     target = image.unflatten(-1, (cols_out, -1)).unflatten(-3, (rows_out, -1))
     lead = columns.dim() - 4
+    source = columns.permute(*range(lead), lead + 2, lead, lead + 3, lead + 1)      # (…, i, u, j, v)
     if weights is None and target.shape[-1] == 2 and image.dtype in (torch.float32, torch.float64):
-        _interleave(target, columns.select(lead + 1, 0), columns.select(lead + 1, 1))
+        _interleave(target, source[..., 0], source[..., 1])
     elif weights is None:
-        target.copy_(columns.permute(*range(lead), lead + 2, lead, lead + 3, lead + 1))
+        target.copy_(source)
     else:
         kh, kw = weights.shape[2:4]
         torch.mul(columns[:, :, :, None, :, None], weights.reshape(1, c, 1, kh, 1, kw), out=target)
 
 
 def _interleave(target: torch.Tensor, even: torch.Tensor, odd: torch.Tensor) -> None:
-    """``target[..., i, u, j, 0] = even[..., u, i, j]``, ``target[..., i, u, j, 1] = odd[..., u, i, j]``:
+    """``target[..., i, u, j, 0] = even[..., i, u, j]``, ``target[..., i, u, j, 1] = odd[..., i, u, j]``:
     :func:`_tile` for s_w = 2, where each image row alternates two taps. A copy into the (…, 2) view writes
     two entries per innermost step (the loop runs over v, of length 2); read as complex numbers the row
     is one entry per step, ``even + i·odd``, and ``torch.complex`` writes it in a loop along j
     (T_64_32_k2s2's col2im: 0.52 of the copy's time, in cache)."""
-    pairs = torch.view_as_complex(target)                        # (…, i, u, j): the pair (v = 0, v = 1)
-    lead = even.dim() - 3
-    order = (*range(lead), lead + 1, lead, lead + 2)
-    torch.complex(even.permute(order), odd.permute(order), out=pairs)
+    torch.complex(even, odd, out=torch.view_as_complex(target))   # (…, i, u, j): the pair (v = 0, v = 1)
 
 
 def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tensor:
