@@ -172,18 +172,21 @@ class Correlate(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, _, ctx.geometry = inputs
-        ctx.save_for_backward(x, weight)
+        kept = strategies.kept_columns()     # the forward's column matrix, where the weight gradient reuses it
+        ctx.columns_source = None if kept is None else kept[1]
+        ctx.save_for_backward(x, weight, *([] if kept is None else [kept[0]]))
         ctx.save_for_forward(x, weight)
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        grads = conv2d_grads(grad_output, x, weight, ctx.geometry, ctx.needs_input_grad[:3])
+        x, weight, *columns = ctx.saved_tensors
+        with strategies.reusing_columns(columns[0] if columns else None, ctx.columns_source):
+            grads = conv2d_grads(grad_output, x, weight, ctx.geometry, ctx.needs_input_grad[:3])
         return (*grads, None)
 
     @staticmethod
     def jvp(ctx, x_tangent, weight_tangent, bias_tangent, _):
-        x, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors[:2]
         return _tangent([None if x_tangent is None else correlate(x_tangent, weight, None, ctx.geometry),
                          None if weight_tangent is None else correlate(x, weight_tangent, None, ctx.geometry),
                          None if bias_tangent is None else bias_tangent.view(1, -1, 1, 1)])
@@ -278,8 +281,24 @@ _TRACEABLE_CORRELATE_WEIGHT = _without_jvp(CorrelateWeight)
 
 
 def correlate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: Geometry) -> torch.Tensor:
-    """``Correlate.apply``; while torch.compile traces, the same Function without its ``jvp``."""
-    return (_TRACEABLE_CORRELATE if torch.compiler.is_compiling() else Correlate).apply(x, weight, bias, geometry)
+    """``Correlate.apply``; while torch.compile traces, the same Function without its ``jvp``. Where autograd
+    will want the weight's gradient, the forward may keep its column matrix for it
+    (:func:`strategies.keeping_columns`)."""
+    if torch.compiler.is_compiling():
+        return _TRACEABLE_CORRELATE.apply(x, weight, bias, geometry)
+    if not _weight_gradient_follows(x, weight):
+        return Correlate.apply(x, weight, bias, geometry)
+    with strategies.keeping_columns():
+        return Correlate.apply(x, weight, bias, geometry)
+
+
+def _weight_gradient_follows(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether autograd records this call with the weight needing a gradient, on operands the kernels
+    contract as they are (real single or double precision, no torch.func transform, Python free to step
+    into the kernels): then the weight gradient's strategy may reuse the forward's columns."""
+    return (torch.is_grad_enabled() and weight.requires_grad and x.dtype in (torch.float32, torch.float64)
+            and weight.dtype == x.dtype and not torch._C._are_functorch_transforms_active()
+            and _kernels_reachable(x, weight))
 
 
 def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

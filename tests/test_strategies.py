@@ -9,7 +9,7 @@ import torch
 import convbook
 from convbook import checks, strategies, workspace
 from convbook.dispatch import convolution_ops, record_aten_ops
-from oracle import check_against_torch
+from oracle import assert_close_to_torch, check_against_torch
 
 DTYPES = [torch.float64, torch.float32]
 
@@ -451,3 +451,76 @@ def test_the_fft_strategy_splits_its_frequency_rows_by_thread_exactly(count, thr
     with strategies.forced("fft"):
         for size in (6, 7):
             check_against_torch("conv2d", (2, 3, size, 7), (4, 3, 5, 5), padding=2)
+
+
+# The forward's column matrix, kept for the weight gradient (strategies.keeping_columns)
+STEM_LIKE = ((2, 3, 48, 48), (64, 3, 7, 7), dict(stride=2, padding=3))
+
+
+def _counting_columns(monkeypatch) -> list:
+    """Patch strategies._columns to record, per call, whether it built a fresh (kept) matrix."""
+    calls, original = [], strategies._columns
+    monkeypatch.setattr(strategies, "_columns", lambda *a, **k: calls.append(a[4] if len(a) > 4 else False)
+                        or original(*a, **k))
+    return calls
+
+
+def test_the_stem_like_layer_is_im2col_forward_and_weight_gradient_with_nothing_paired():
+    explained = convbook.explain("conv2d", STEM_LIKE[0], STEM_LIKE[1], **STEM_LIKE[2])
+    assert [explained[k][0] for k in ("forward", "grad_weight", "backward")] == ["im2col", "im2col", "separate"]
+
+
+def test_a_training_step_builds_the_column_matrix_once_for_forward_and_weight_gradient(monkeypatch):
+    calls = _counting_columns(monkeypatch)
+    check_against_torch("conv2d", *STEM_LIKE[:2], **STEM_LIKE[2])
+    assert calls == [True]          # the forward's, fresh and kept; the weight gradient copied none
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["im2col", "im2col_folded"])
+@pytest.mark.parametrize("case", ["conv_3x3_padded", "conv_stride_pair_dilation_pair", "conv_many_taps_per_phase_dilated",
+                                  "conv_groups", "conv_1x1_stride_2"])
+def test_kept_columns_give_pytorchs_weight_gradient_in_both_layouts(case, name, dtype, monkeypatch):
+    monkeypatch.setattr(strategies, "COLUMN_BUDGET", 1000)   # the whole column matrix in one block
+    calls = _counting_columns(monkeypatch)
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    with strategies.forced(correlate=name, correlate_weight=name):
+        check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
+    assert calls == [True]
+
+
+def test_columns_built_block_by_block_are_not_kept(monkeypatch):
+    calls = _counting_columns(monkeypatch)
+    op, input_shape, weight_shape, kwargs = CASES["conv_3x3_padded"]
+    with strategies.forced(correlate="im2col", correlate_weight="im2col"):
+        check_against_torch(op, input_shape, weight_shape, **kwargs)
+    assert calls == [False] * 4     # two blocks of one image, in the forward and again in the weight gradient
+
+
+def test_without_a_weight_gradient_the_forward_keeps_nothing(monkeypatch):
+    calls = _counting_columns(monkeypatch)
+    x, w = torch.randn(STEM_LIKE[0], requires_grad=True), torch.randn(STEM_LIKE[1])
+    convbook.conv2d(x, w, **STEM_LIKE[2]).sum().backward()
+    with torch.no_grad():
+        convbook.conv2d(x, w.requires_grad_(), **STEM_LIKE[2])
+    assert calls == [False, False]  # scratch columns both times
+    assert strategies.kept_columns() is None
+
+
+def test_kept_columns_serve_only_their_own_forward():
+    """Two forwards of one weight on two inputs, the second before the first's backward: each backward
+    uses its own input's columns (a stale matrix would give the wrong weight gradient)."""
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.randn(STEM_LIKE[0], generator=g, dtype=torch.float64) for _ in range(2))
+    dy1, dy2 = (torch.randn(2, 64, 24, 24, generator=g, dtype=torch.float64) for _ in range(2))
+    w = torch.randn(STEM_LIKE[1], generator=g, dtype=torch.float64)
+    grads = []
+    for conv in (convbook.conv2d, torch.nn.functional.conv2d):
+        leaf = w.clone().requires_grad_()
+        y1, y2 = conv(x1, leaf, **STEM_LIKE[2]), conv(x2, leaf, **STEM_LIKE[2])
+        ((y1 * dy1).sum() + (y2 * dy2).sum()).backward(retain_graph=True)
+        first = leaf.grad.clone()
+        (y2 * dy2).sum().backward()   # the graph kept its columns: a second backward reuses them
+        grads.append((first, leaf.grad - first))
+    for mine, ref in zip(*grads):
+        assert_close_to_torch(mine, ref, "weight gradient")
