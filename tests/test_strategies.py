@@ -5,6 +5,7 @@ import threading
 
 import pytest
 import torch
+import torch.utils.checkpoint
 
 import convbook
 from convbook import checks, strategies, workspace
@@ -524,3 +525,20 @@ def test_kept_columns_serve_only_their_own_forward():
         grads.append((first, leaf.grad - first))
     for mine, ref in zip(*grads):
         assert_close_to_torch(mine, ref, "weight gradient")
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+def test_kept_columns_go_through_activation_checkpointing(reentrant):
+    """torch.utils.checkpoint drops what a forward saved and recomputes it in the backward: the kept matrix is
+    saved like x and w (save_for_backward), so it is dropped and rebuilt with them."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(STEM_LIKE[0], generator=g, dtype=torch.float64)
+    w = torch.randn(STEM_LIKE[1], generator=g, dtype=torch.float64)
+    grads = []
+    for conv in (convbook.conv2d, torch.nn.functional.conv2d):
+        leaves = x.clone().requires_grad_(), w.clone().requires_grad_()
+        body = lambda a, b: conv(a, b, **STEM_LIKE[2]).sin()  # noqa: E731
+        torch.utils.checkpoint.checkpoint(body, *leaves, use_reentrant=reentrant).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for mine, ref in zip(*grads):
+        assert_close_to_torch(mine, ref, "checkpointed gradient")
