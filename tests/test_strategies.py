@@ -542,3 +542,13 @@ def test_kept_columns_go_through_activation_checkpointing(reentrant):
         grads.append([leaf.grad for leaf in leaves])
     for mine, ref in zip(*grads):
         assert_close_to_torch(mine, ref, "checkpointed gradient")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kept_columns_of_any_memory_layout_give_pytorchs_weight_gradient(layout, monkeypatch):
+    monkeypatch.setattr(strategies, "COLUMN_BUDGET", 1000)
+    calls = _counting_columns(monkeypatch)
+    op, input_shape, weight_shape, kwargs = CASES["conv_stride_2"]
+    with strategies.forced(correlate="im2col", correlate_weight="im2col"):
+        check_against_torch(op, input_shape, weight_shape, prepare=LAYOUTS[layout], **kwargs)
+    assert calls == [True]
