@@ -343,11 +343,12 @@ def keeping_columns():
     step, paired, new/old): r18_64_128s2 0.90-0.95, r18_stem 0.91-1.01; the matrix lives until the backward, so
     the peak extra memory of the stem's step went from 1.14 to 1.84 times native's, r18_64_128s2's from 1.50
     to 2.14."""
+    previous = getattr(_local, "keep", False), getattr(_local, "kept", None)
     _local.keep, _local.kept = True, None
     try:
         yield
     finally:
-        _local.keep, _local.kept = False, None
+        _local.keep, _local.kept = previous
 
 
 def kept_columns() -> tuple[torch.Tensor, tuple] | None:

@@ -461,7 +461,7 @@ STEM_LIKE = ((2, 3, 48, 48), (64, 3, 7, 7), dict(stride=2, padding=3))
 def _counting_columns(monkeypatch) -> list:
     """Patch strategies._columns to record, per call, whether it built a fresh (kept) matrix."""
     calls, original = [], strategies._columns
-    monkeypatch.setattr(strategies, "_columns", lambda *a, **k: calls.append(a[4] if len(a) > 4 else False)
+    monkeypatch.setattr(strategies, "_columns", lambda *a, **k: calls.append(k.get("fresh", a[4] if len(a) > 4 else False))
                         or original(*a, **k))
     return calls
 
