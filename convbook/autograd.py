@@ -296,9 +296,15 @@ def _weight_gradient_follows(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether autograd records this call with the weight needing a gradient, on operands the kernels
     contract as they are (real single or double precision, no torch.func transform, Python free to step
     into the kernels): then the weight gradient's strategy may reuse the forward's columns."""
-    return (torch.is_grad_enabled() and weight.requires_grad and x.dtype in (torch.float32, torch.float64)
-            and weight.dtype == x.dtype and not torch._C._are_functorch_transforms_active()
-            and _kernels_reachable(x, weight))
+    return torch.is_grad_enabled() and weight.requires_grad and _contracted_as_they_are(x, weight)
+
+
+def _contracted_as_they_are(*tensors: torch.Tensor) -> bool:
+    """Real single or double precision, all of one dtype, no torch.func transform, and Python free to step
+    into the kernels: the fast strategies run on these tensors themselves, so work can be shared between
+    calls (the backward pair, the forward's kept columns)."""
+    return (all(t.dtype in (torch.float32, torch.float64) and t.dtype == tensors[0].dtype for t in tensors)
+            and not torch._C._are_functorch_transforms_active() and _kernels_reachable(*tensors))
 
 
 def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -319,11 +325,8 @@ def _paired(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weigh
     is the same computation as the two Functions: both gradients needed, no graph to record
     through them (``create_graph`` off, no torch.func transform), real single or double precision,
     and Python free to step into the kernels (no torch.compile trace, no prototype vmap)."""
-    tensors = (grad_output, layer_input, weight)
-    if not (needed[0] and needed[1]) or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
-        return None
-    if any(t.dtype not in (torch.float32, torch.float64) or t.dtype != weight.dtype for t in tensors) \
-            or not _kernels_reachable(*tensors):
+    if not (needed[0] and needed[1]) or torch.is_grad_enabled() \
+            or not _contracted_as_they_are(grad_output, layer_input, weight):
         return None
     return strategies.backward_pair(op, grad_output, layer_input, weight, geometry)
 
