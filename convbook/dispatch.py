@@ -13,12 +13,14 @@ from contextlib import contextmanager
 from torch.utils._python_dispatch import TorchDispatchMode
 
 CONVOLUTION_FAMILY = re.compile(
-    r"conv|im2col|col2im|cudnn|mkldnn|miopen|nnpack|thnn|slow_conv|xnnpack"
+    r"conv|im2col|col2im|cudnn|mkldnn(?!\._linear_pointwise$)|miopen|nnpack|thnn|slow_conv|xnnpack"
 )
 """Operator names of native convolutions and their im2col/col2im helpers (``aten.convolution``,
 ``aten.conv2d``, ``aten._convolution``, ``aten.convolution_backward``, ``aten.mkldnn_convolution``,
-``aten.cudnn_convolution``, ``aten._slow_conv2d_forward``, ``aten.thnn_conv2d``, ``aten.im2col``,
-``aten.col2im``, ...)."""
+``mkldnn._convolution_pointwise``, ``aten.cudnn_convolution``, ``aten._slow_conv2d_forward``,
+``aten.thnn_conv2d``, ``aten.im2col``, ``aten.col2im``, ...) -- every oneDNN (``mkldnn``) operator but
+one: ``mkldnn._linear_pointwise``, oneDNN's inner product ``x · wᵀ`` (the kernel of ``nn.Linear``), is a
+matrix product, and :mod:`convbook.products` multiplies wide matrices with it."""
 
 
 class _Recorder(TorchDispatchMode):

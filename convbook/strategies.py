@@ -59,7 +59,7 @@ from functools import partial
 
 import torch
 
-from . import kernels, spectral, workspace
+from . import kernels, products, spectral, workspace
 from .index_map import Geometry, input_position
 
 CONTRACTIONS = ("correlate", "correlate_transpose", "correlate_weight", "correlate_pair")
@@ -427,7 +427,7 @@ def _product_into(target: torch.Tensor, w: torch.Tensor, cols: torch.Tensor) -> 
     rows, depth = w.shape[-2:]
     if depth < POSITIONS_MAJOR_DEPTH * rows and target.is_contiguous():
         w_all, cols_all = _batched(w, cols)
-        torch.bmm(w_all, cols_all, out=target.view(w_all.shape[0], rows, -1))
+        products.bmm(w_all, cols_all, out=target.view(w_all.shape[0], rows, -1))
         return
     target.copy_(_product(w, cols))
 
@@ -441,7 +441,7 @@ def _product(w: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     (rows, depth), lead, length = w.shape[-2:], cols.shape[:-2], cols.shape[-1]
     if depth < POSITIONS_MAJOR_DEPTH * rows:
         scratch = workspace.buffer("product", (w_all.shape[0], rows, length), cols.dtype, cols.device)
-        torch.bmm(w_all, cols_all, out=scratch)
+        products.bmm(w_all, cols_all, out=scratch)
         return scratch.view(*lead, rows, length)
     scratch = workspace.buffer("product", (w_all.shape[0], length, rows), cols.dtype, cols.device)
     torch.bmm(cols_all.transpose(1, 2), w_all.transpose(1, 2), out=scratch)
@@ -565,11 +565,11 @@ def _weight_product(grad: torch.Tensor, cols: torch.Tensor, y: torch.Tensor, blo
     cols = cols.reshape(nb * groups, depth, band)
     if WEIGHT_ROWS_LONGER and depth > og:
         partial = workspace.buffer("weight_rows", (nb, groups, depth, og), grad.dtype, grad.device)
-        torch.bmm(cols, rows.transpose(1, 2), out=partial.view(nb * groups, depth, og))
+        products.bmm(cols, rows.transpose(1, 2), out=partial.view(nb * groups, depth, og))
         total = (partial[0] if nb == 1 else partial.sum(0)).transpose(1, 2)
     else:
         partial = workspace.buffer("weight_rows", (nb, groups, og, depth), grad.dtype, grad.device)
-        torch.bmm(rows, cols.transpose(1, 2), out=partial.view(nb * groups, og, depth))
+        products.bmm(rows, cols.transpose(1, 2), out=partial.view(nb * groups, og, depth))
         total = partial[0] if nb == 1 else partial.sum(0)
     grad.add_(total) if accumulate else grad.copy_(total)
 
@@ -644,15 +644,15 @@ def correlate_row_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geome
         total = workspace.buffer("sum", (nb, g, rows_out, cols_out, og), x.dtype, x.device)     # positions-major y
         for index, (a, taps) in enumerate(phases.items()):
             first, step, count = dh * taps[0] // sh, (dh * (taps[1] - taps[0]) // sh if len(taps) > 1 else 0), len(taps)
-            products = workspace.buffer("product", (g, width, count, og), x.dtype, x.device)
-            _multiply(products.view(g, width, -1).transpose(1, 2), stacked[a], planes[a].view(g, cg * kw, width),
+            partials = workspace.buffer("product", (g, width, count, og), x.dtype, x.device)
+            _multiply(partials.view(g, width, -1).transpose(1, 2), stacked[a], planes[a].view(g, cg * kw, width),
                       accumulate=False)
-            # shifted[t, n, g, i, j, o] = products[g, n·R·W + (i + first + t·step)·W + j, t, o]
-            shifted = products.as_strided(
+            # shifted[t, n, g, i, j, o] = partials[g, n·R·W + (i + first + t·step)·W + j, t, o]
+            shifted = partials.as_strided(
                 (count, nb, g, rows_out, cols_out, og),
                 ((step * cols_out * count + 1) * og, rows * cols_out * count * og, width * count * og,
                  cols_out * count * og, count * og, 1),
-                products.storage_offset() + first * cols_out * count * og)
+                partials.storage_offset() + first * cols_out * count * og)
             for t in range(count):
                 if index == 0 and t == 0:
                     total.copy_(shifted[0])
@@ -701,8 +701,8 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
             sources = [source[:, 0] for _, _, source in _shifted_sources(planes, geometry, cols, c1 - c0, span)]
             # ... and as (b, L', 1) columns for the dot products (:func:`_dot_operands`)
             columns = [_dot_operands(source)[1] for source in sources] if partner is not None else []
-        shifted, products = ((sources, columns) if c1 - c0 == len(sources[0]) else
-                             ([t[:c1 - c0] for t in sources], [t[:c1 - c0] for t in columns]))
+        shifted, dot_columns = ((sources, columns) if c1 - c0 == len(sources[0]) else
+                                ([t[:c1 - c0] for t in sources], [t[:c1 - c0] for t in columns]))
         out = workspace.buffer("product", (c1 - c0, span), x.dtype, x.device)
         block = taps[c0:c1].unbind(1)
         for t, source in enumerate(shifted):
@@ -714,7 +714,7 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
             spread = workspace.buffer("spread", (min(c, step), n, rows, cols), x.dtype, x.device)[:c1 - c0]
             _frame(spread, (0, rows_out, 0, cols_out), lambda: partner[:, c0:c1].transpose(0, 1), border=first)
             row = _dot_operands(spread.view(c1 - c0, -1)[:, :span])[0]
-            for dot, column in zip(grad[:, c0:c1].unbind(0), products):
+            for dot, column in zip(grad[:, c0:c1].unbind(0), dot_columns):
                 dot.baddbmm_(row, column, beta=0)
         y[:, c0:c1].copy_(out.as_strided((c1 - c0, n, rows_out, cols_out), (span, rows * cols, cols, 1))
                           .transpose(0, 1))
@@ -982,7 +982,7 @@ def correlate_transpose_col2im(y: torch.Tensor, weight: torch.Tensor, geometry: 
         else:
             part = y[n0:n1]
         cols = workspace.buffer("columns", (parts, g, k, m * positions), y.dtype, y.device)
-        torch.bmm(*_batched(w_t, part.reshape(parts, g, og, m * positions)), out=cols.view(parts * g, k, -1))
+        products.bmm(*_batched(w_t, part.reshape(parts, g, og, m * positions)), out=cols.view(parts * g, k, -1))
         taps = cols.view(parts, g * cg, kh, kw, m, rows_out, cols_out).permute(0, 4, 1, 2, 3, 5, 6)
         _add_taps(image[n0:n1].unflatten(0, (parts, m)), taps, geometry)
     return image
@@ -1124,9 +1124,9 @@ def _weight_taps(sources: list, y: torch.Tensor, geometry: Geometry, rows: int, 
     spread = spread.view(parts * g, og, -1)[:, :, :span]
     grad = y.new_empty(kh, kw, parts * g, og, cg)
     step = max(1, DEPTHWISE_BLOCK // (cg * n * rows * cols)) if blocked else parts * g
-    products = [(grad[u, v], source.transpose(1, 2)) for u, v, source in sources]
+    tap_products = [(grad[u, v], source.transpose(1, 2)) for u, v, source in sources]
     for g0 in range(0, parts * g, step):
-        for out, source in products:
+        for out, source in tap_products:
             _multiply(out[g0: g0 + step], spread[g0: g0 + step], source[g0: g0 + step], accumulate=False)
     if parts > 1:
         grad = grad.view(kh, kw, parts, g, og, cg).sum(2)

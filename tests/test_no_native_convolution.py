@@ -47,3 +47,25 @@ def test_the_recorder_would_catch_a_native_convolution():
     caught = convolution_ops(ops)
     assert "aten.convolution" in caught and "aten.convolution_backward" in caught
     assert "aten.im2col" in caught and "aten.col2im" in caught
+
+
+def test_the_recorder_catches_onednns_convolution_and_lets_its_inner_product_through():
+    """oneDNN's convolution is caught; its inner product (nn.Linear's kernel, a matrix product) is not."""
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    with record_aten_ops() as ops:
+        torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "none", [], "")
+        torch.ops.mkldnn._linear_pointwise(torch.randn(4, 6), torch.randn(5, 6), None, "none", [], "")
+    assert convolution_ops(ops) == ["mkldnn._convolution_pointwise"]
+    assert ops["mkldnn._linear_pointwise"] == 1
+
+
+def test_a_wide_layer_multiplies_on_onednns_inner_product_and_convolves_nowhere():
+    """The stem's shape of product (more than WIDE positions per image) takes convbook.products' oneDNN
+    path, forward and backward -- and still no convolution reaches the dispatcher."""
+    x = torch.randn(2, 3, 184, 184, requires_grad=True)               # 92 × 92 = 8464 output positions
+    w = torch.randn(32, 3, 7, 7, requires_grad=True)
+    with record_aten_ops() as ops:
+        convbook.conv2d(x, w, stride=2, padding=3).square().sum().backward()
+        convbook.conv_transpose2d(torch.randn(2, 32, 92, 92), w, stride=2, padding=3, output_padding=1)
+    assert ops["mkldnn._linear_pointwise"] >= 3
+    assert convolution_ops(ops) == []
