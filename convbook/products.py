@@ -1,28 +1,29 @@
-"""The batched matrix product the strategies multiply with (book chapter 7).
+"""The batched matrix product the strategies multiply with (book chapter 7, *Wide products*).
 
 ``bmm(a, b, out)`` writes ``out[i] = a[i] · b[i]`` for stacks of matrices (B, M, K) · (B, K, N). It is
-``torch.bmm`` -- MKL's product on the CPU -- except for a *wide* product: one whose matrices have at least
-:data:`WIDE` columns in one of the operands, on the CPU in float32. Those run on oneDNN's inner product,
-``torch.ops.mkldnn._linear_pointwise(input, weight) = input · weightᵀ``, the kernel of ``nn.Linear``: a
-matrix product like ``torch.bmm``, not a convolution (it is the one oneDNN operator the dispatcher guard of
-:mod:`convbook.dispatch` lets through). It is called once per matrix, as ``a[i] · (b[i]ᵀ)ᵀ``, with b[i]
-passed transposed as it lies -- oneDNN reads a weight of any strides -- and its result copied into out[i].
+``torch.bmm`` -- MKL's product on the CPU -- except for a *wide* product in float32 on the CPU: one with
+at least :data:`WIDE` columns (N ≥ WIDE, or a contraction K ≥ WIDE) whose a is no taller than it is deep
+(M ≤ K). Those run on oneDNN's inner product, ``torch.ops.mkldnn._linear_pointwise(input, weight) =
+input · weightᵀ``, the kernel of ``nn.Linear``: a matrix product like ``torch.bmm``, not a convolution (the
+one oneDNN operator the dispatcher guard of :mod:`convbook.dispatch` lets through). It is called once per
+matrix as ``a[i] · (b[i]ᵀ)ᵀ``, b[i] passed transposed as it lies -- oneDNN reads a weight of any strides --
+and its result is copied into out[i].
 
-Where the positions of an image are many, MKL multiplies the few rows of a weight by them slowly: the
-stem of ResNet-18 (7 × 7, stride 2, 3 → 64 channels, 112 × 112 outputs) multiplies 64 × 147 by
-147 × 12 544 at 75-130 GFLOP/s, while oneDNN's inner product runs the same matrices at 130-190 (measured
-on the machine of chapter 7; both exact to float32 rounding). On the shapes of the other benchmark layers
-(at most 3 136 positions per image) it was no faster in place, and on the 1 × 1 layer's small products
-slower, so only wide products take it.
+Measured on the machine of chapter 7: the stem of ResNet-18 (7 × 7, stride 2, 3 → 64 channels,
+112 × 112 outputs) multiplies 64 × 147 by 147 × 12 544; MKL ran that at 70-150 GFLOP/s from minute to
+minute, oneDNN's inner product at 130-200. In place, in paired rounds, the stem's forward took 0.78-0.83 of
+its time with ``torch.bmm``, its training step 0.88-0.93. The input gradient's product Wᵀ·G (147 × 64 by
+64 × 12 544, a taller than deep) was no faster on it (0.95-1.18 of the time), nor were the products of the
+benchmark's other layers, at most 3 136 positions per image (0.88-1.65), so they stay with ``torch.bmm``.
 """
 from __future__ import annotations
 
 import torch
 
 WIDE = 8192
-"""The fewest columns (N of b, or K of a) that make a product *wide*. Measured in place on the benchmark
-layers (paired rounds, oneDNN/MKL): the stem's forward (N = 12 544) 0.78-0.80, its weight gradient
-(K = 12 544) 0.87, its training step 0.88-0.93; layers of 3 136 positions or fewer 0.93-1.65."""
+"""The fewest columns -- N, the positions of an image in a forward product, or K, the positions a weight
+gradient contracts -- that make a product *wide* (the stem's 12 544 are; 3 136, the most of any other
+benchmark layer, are not)."""
 
 
 try:
@@ -32,7 +33,8 @@ except (AttributeError, RuntimeError):        # a PyTorch built without oneDNN
 
 
 def _inner_product_applies(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
-    return (max(a.shape[-1], b.shape[-1]) >= WIDE and a.shape[0] > 0 and _INNER_PRODUCT is not None
+    (rows, depth), width = a.shape[-2:], b.shape[-1]
+    return (max(depth, width) >= WIDE and rows <= depth and a.shape[0] > 0 and _INNER_PRODUCT is not None
             and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (a, b, out))
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
@@ -40,7 +42,7 @@ def _inner_product_applies(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) 
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out[i] = a[i] · b[i]`` for a (B, M, K), b (B, K, N) into out (B, M, N); returns out.
 
-    A wide product (:data:`WIDE`) in float32 on the CPU is one oneDNN inner product per matrix,
+    A wide product (:data:`WIDE`, M ≤ K) in float32 on the CPU is one oneDNN inner product per matrix,
     ``out[i] = a[i] · (b[i]ᵀ)ᵀ``; a shared a (stride 0 over the batch: one weight for every image) is laid
     out once. Everything else is ``torch.bmm``."""
     if not _inner_product_applies(a, b, out):
