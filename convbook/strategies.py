@@ -47,7 +47,8 @@ both products on them (:func:`backward_pair`, book eq. perf-pair). Where nothing
 whose weight gradient will contract the same column matrix keeps it for the backward (:func:`keeping_columns`).
 
 :func:`choose` picks one from the shapes and says why; :func:`explain` does so for a public call;
-``with forced("shifted"):`` overrides the choice on this thread.
+``with forced("shifted"):`` overrides the choice on this thread. The im2col and col2im products go through
+``products.bmm`` (:mod:`convbook.products`): ``torch.bmm``, or oneDNN's inner product where they are wide.
 """
 from __future__ import annotations
 
