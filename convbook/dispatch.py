@@ -20,7 +20,8 @@ CONVOLUTION_FAMILY = re.compile(
 ``mkldnn._convolution_pointwise``, ``aten.cudnn_convolution``, ``aten._slow_conv2d_forward``,
 ``aten.thnn_conv2d``, ``aten.im2col``, ``aten.col2im``, ...) -- every oneDNN (``mkldnn``) operator but
 one: ``mkldnn._linear_pointwise``, oneDNN's inner product ``x · wᵀ`` (the kernel of ``nn.Linear``), is a
-matrix product, and :mod:`convbook.products` multiplies wide matrices with it."""
+matrix product, and :mod:`convbook.products` multiplies with it (wide products, and the ``channels_last``
+strategy's)."""
 
 
 class _Recorder(TorchDispatchMode):

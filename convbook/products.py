@@ -1,4 +1,7 @@
-"""The batched matrix product the strategies multiply with (book chapter 7, *Wide products*).
+"""The matrix products the strategies multiply with (book chapter 7, *Wide products* and *Channels last*).
+
+``linear(x, w) = x · wᵀ`` is oneDNN's inner product in float32 on the CPU (``torch.mm`` otherwise): the
+product of the ``channels_last`` strategy, whose column matrix has one row per position.
 
 ``bmm(a, b, out)`` writes ``out[i] = a[i] · b[i]`` for stacks of matrices (B, M, K) · (B, K, N). It is
 ``torch.bmm`` -- MKL's product on the CPU -- except for a *wide* product in float32 on the CPU: one with
@@ -32,23 +35,34 @@ except (AttributeError, RuntimeError):        # a PyTorch built without oneDNN
     _INNER_PRODUCT = None
 
 
+def _on_onednn(*tensors: torch.Tensor) -> bool:
+    """Whether oneDNN's inner product can multiply these: float32 on the CPU, oneDNN built and enabled."""
+    return (_INNER_PRODUCT is not None and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors))
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x · wᵀ`` for x (M, K) and w (N, K), a fresh (M, N) tensor: oneDNN's inner product (the kernel of
+    ``nn.Linear``) in float32 on the CPU, which reads w in any strides; ``torch.mm`` otherwise."""
+    if _on_onednn(x, w):
+        return _INNER_PRODUCT(x.contiguous(), w, None, "none", [], "")
+    return torch.mm(x, w.t())
+
+
 def _inner_product_applies(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
     (rows, depth), width = a.shape[-2:], b.shape[-1]
-    return (max(depth, width) >= WIDE and rows <= depth and a.shape[0] > 0 and _INNER_PRODUCT is not None
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (a, b, out))
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    return max(depth, width) >= WIDE and rows <= depth and a.shape[0] > 0 and _on_onednn(a, b, out)
 
 
 def bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out[i] = a[i] · b[i]`` for a (B, M, K), b (B, K, N) into out (B, M, N); returns out.
 
     A wide product (:data:`WIDE`, M ≤ K) in float32 on the CPU is one oneDNN inner product per matrix,
-    ``out[i] = a[i] · (b[i]ᵀ)ᵀ``; a shared a (stride 0 over the batch: one weight for every image) is laid
-    out once. Everything else is ``torch.bmm``."""
+    ``out[i] = a[i] · (b[i]ᵀ)ᵀ`` (:func:`linear`); a shared a (stride 0 over the batch: one weight for every
+    image) is laid out once. Everything else is ``torch.bmm``."""
     if not _inner_product_applies(a, b, out):
         return torch.bmm(a, b, out=out)
     shared = a[0].contiguous() if a.stride(0) == 0 else None
     for i in range(a.shape[0]):
-        rows = shared if shared is not None else a[i].contiguous()
-        out[i].copy_(_INNER_PRODUCT(rows, b[i].transpose(0, 1), None, "none", [], ""))
+        out[i].copy_(linear(shared if shared is not None else a[i], b[i].transpose(0, 1)))
     return out
