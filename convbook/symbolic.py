@@ -14,6 +14,9 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         multiply-accumulates at constant offsets (chapter 7)
 * :func:`im2col_from_phase_planes`      a strided layer's columns read from the phase planes of its
                                         input, tap phase by tap phase (chapter 7)
+* :func:`channels_last_rows`            the forward and the weight gradient from a column matrix
+                                        with one row per position, read from x in channels-last
+                                        order (chapter 7)
 * :func:`spectral_contractions`        the three contractions as products of spectra, frequency by
                                         frequency, with the no-wrap transform length (chapter 7)
 * :func:`conv_transpose_matrix_is_transpose`    the matrix of ``conv_transpose2d`` is exactly Mᵀ,
@@ -339,6 +342,57 @@ def im2col_from_phase_planes(case: Case) -> Equality:
     truth = reference.conv2d(x, w, None, **case.geometry())
     return equality("W · X_col, X_col read from the phase planes P_(du mod s) at i + ⌊du/s⌋ = conv2d(x, w)",
                     case.describe(), derived, truth)
+
+
+CHANNELS_LAST_CASES = {
+    "padding 1, 2 images": Case((2, 2, 3, 3), (2, 2, 2, 2), padding=(1, 1)),
+    "stride (2, 1), dilation (1, 2), padding (1, 2), groups 2": Case((1, 4, 4, 5), (2, 2, 2, 2), stride=(2, 1),
+                                                                   padding=(1, 2), dilation=(1, 2), groups=2),
+}
+"""Tiny cases for :func:`channels_last_rows`: a batch of two, and every geometry parameter at once."""
+
+
+def channels_last_rows(case: Case) -> list[Equality]:
+    """Chapter 7, eq. (perf-channels-last): with one row per output position and group,
+    ``X_rows[γ][(n,i,j), (u,v,c)] = x_cl[n, s·i + d·u − p, s·j + d·v − p, γ·C_g + c]`` (x read in channels-last
+    order, ``x_cl[n, h, l, c] = x[n, c, h, l]``, zero outside) and ``W_rows[γ][o, (u,v,c)] = w[γ·O_g + o, c, u, v]``,
+    the forward is ``y[n, γ·O_g + o, i, j] = (X_rows[γ] · W_rows[γ]ᵀ)[(n,i,j), o]`` and the weight gradient
+    ``∂L/∂w[γ·O_g + o, c, u, v] = Σ_n (G[n,γ] · X_rows[γ][n])[o, (u,v,c)]``, the rows of image n and G[n,γ]
+    (O_g × positions). Checked against the loop reference and against sympy's derivative of Σ G ⊙ y."""
+    (n, c, height, width), (o, cg, kh, kw) = case.input_shape, case.weight_shape
+    (sh, sw), (dh, dw), (top, left), groups = case.stride, case.dilation, case.padding, case.groups
+    rows_out, cols_out = case.conv_output_shape()[2:]
+    og = o // groups
+    x, w, grad_output = conv2d_symbols(case)
+
+    def x_cl(i, h, l, k):
+        return x[i, k, h, l] if 0 <= h < height and 0 <= l < width else 0
+
+    positions = list(product(range(n), range(rows_out), range(cols_out)))
+    taps = list(product(range(kh), range(kw), range(cg)))
+    rows = {g: sympy.Matrix([[x_cl(i, input_position(r, u, sh, top, dh), input_position(q, v, sw, left, dw), g * cg + k)
+                               for u, v, k in taps] for i, r, q in positions]) for g in range(groups)}
+    weight_rows = {g: sympy.Matrix([[w[g * og + oo, k, u, v] for u, v, k in taps] for oo in range(og)])
+                   for g in range(groups)}
+    derived = sympy.MutableDenseNDimArray.zeros(n, o, rows_out, cols_out)
+    grad = sympy.MutableDenseNDimArray.zeros(o, cg, kh, kw)
+    for g in range(groups):
+        product_rows = rows[g] * weight_rows[g].T
+        for row, (i, r, q) in enumerate(positions):
+            for oo in range(og):
+                derived[i, g * og + oo, r, q] = product_rows[row, oo]
+        for i in range(n):
+            image = slice(i * rows_out * cols_out, (i + 1) * rows_out * cols_out)
+            g_rows = sympy.Matrix([[grad_output[i, g * og + oo, r, q] for r, q in product(range(rows_out), range(cols_out))]
+                                   for oo in range(og)])
+            contribution = g_rows * rows[g][image, :]
+            for oo, (column, (u, v, k)) in product(range(og), enumerate(taps)):
+                grad[g * og + oo, k, u, v] += contribution[oo, column]
+    truth = reference.conv2d(x, w, None, **case.geometry())
+    return [equality("X_rows · W_rowsᵀ, rows (n,i,j), columns (u,v,c) read channels-last = conv2d(x, w)",
+                     case.describe(), derived, truth),
+            equality("Σ_n G[n] · X_rows[n] = ∂L/∂w (sympy's derivative)", case.describe(), grad,
+                     conv2d_derivative(case, x, w, grad_output, w))]
 
 
 # --- Chapter 7: the convolution theorem -------------------------------------------------------

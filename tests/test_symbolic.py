@@ -119,3 +119,8 @@ def test_sympy_depthwise_on_its_own_grid_is_masked_shifts_of_the_flattened_plane
 @pytest.mark.parametrize("case", symbolic.PHASE_PLANE_CASES.values(), ids=symbolic.PHASE_PLANE_CASES.keys())
 def test_sympy_strided_columns_read_from_the_phase_planes_give_the_convolution(case):
     assert_all_equal([symbolic.im2col_from_phase_planes(case)])
+
+
+@pytest.mark.parametrize("case", symbolic.CHANNELS_LAST_CASES.values(), ids=symbolic.CHANNELS_LAST_CASES.keys())
+def test_sympy_rows_per_position_read_channels_last_give_the_forward_and_the_weight_gradient(case):
+    assert_all_equal(symbolic.channels_last_rows(case))
