@@ -589,11 +589,12 @@ CHANNELS_LAST_ROWS = 384
 short to run at speed (measured, r18_512_7's forward: 1.28 times native's time in blocks of 2 images,
 1.20 of 4, 1.16 of 8)."""
 
-CHANNELS_LAST_COLUMNS = 1 << 20
-"""...and otherwise as many as fit in this many column entries (4 MiB of float32), at least one image -- or,
-where one image is more than :data:`COLUMN_LIMIT`, one band of its output rows at a time. A block small
-enough to stay in the cache between the copy and the product measured faster: r18_64_56's forward (7.2 MB
-of columns an image) 1.35 times native's one image at a time, 1.52 two at a time, 1.6 all eight."""
+CHANNELS_LAST_COLUMNS = 1 << 21
+"""...and otherwise as many images as fit in this many column entries (8 MiB of float32) -- at least one per
+thread; where those are more, one band of their output rows at a time. Columns that stay in the cache
+between the copy and the product pay: r18_64_56's forward (7.2 MB of columns an image) took 1.35 times
+native's time one image at a time, 1.52 two at a time and 1.6 all eight; its training step, two images a
+block, 1.09-1.11 times as long as one image a block (in a run where that ran well), 1.03-1.07 in bands of 2²¹."""
 
 
 def _padded_channels_last(x: torch.Tensor, geometry: Geometry, name: str) -> torch.Tensor:
@@ -613,24 +614,40 @@ def _channels_last_blocks(x: torch.Tensor, geometry: Geometry):
     """(n0, n1, r0, r1, X_rows) for each block of images n0:n1 and output rows r0:r1 (:data:`CHANNELS_LAST_ROWS`,
     :data:`CHANNELS_LAST_COLUMNS`): the block's windows copied into the reused "columns" buffer as one row per
     position and group, ``X_rows[g][(n,i,j), (u,v,c)] = x_pad[n, s·i + d·u, s·j + d·v, g·C_g + c]``
-    (:func:`_padded_channels_last`; the windows a view by :func:`kernels.windows`), X_rows (g, rows, K)."""
+    (:func:`_padded_channels_last`; the windows a view by :func:`kernels.windows`), X_rows (g, rows, K).
+
+    A block holds a multiple of the thread count of images where the batch allows (in bands of output rows when
+    they are many), and its images are padded with the block: the padding copy, the column copy and the copy
+    into y each split at image boundaries, so a thread copies the images it padded -- the rule of the machine
+    section (the product's rows oneDNN splits its own way). With one image per block and the whole batch padded
+    at once, r18_64_56's and dil2_64_56's training steps measured about 1.4 times native's in some benchmark
+    runs and 2.0-2.3 in others, where the column copy took four times as long."""
     n, c, groups = x.shape[0], x.shape[1], geometry.groups
     (kh, kw), (rows_out, cols_out) = geometry.kernel_size, geometry.output_size
     cg, positions = c // groups, rows_out * cols_out
     depth = cg * kh * kw
-    padded = _padded_channels_last(x, geometry, "padded")
-    windows = kernels.by_group(kernels.windows(padded.permute(0, 3, 1, 2), geometry), 1, groups)
-    windows = windows.permute(1, 0, 3, 4, 5, 6, 2)                    # (g, N, H_out, W_out, k_h, k_w, C_g)
-    if positions * depth * groups > COLUMN_LIMIT:
-        band = max(1, COLUMN_LIMIT // (cols_out * depth * groups))
-        blocks = [(i, i + 1, r0, min(rows_out, r0 + band)) for i in range(n) for r0 in range(0, rows_out, band)]
+    per_row, threads = cols_out * depth * groups, torch.get_num_threads()
+    images = threads if n >= threads > 1 else 1
+    if images * positions * depth * groups <= CHANNELS_LAST_COLUMNS:
+        images = max(images, -(-CHANNELS_LAST_ROWS // positions), CHANNELS_LAST_COLUMNS // (positions * depth * groups))
+        images -= images % threads if images >= threads > 1 else 0
+        chunks = -(-n // images)
+        images = -(-n // chunks)
+        if n >= threads > 1:
+            images = -(-images // threads) * threads
+        band = rows_out
     else:
-        fit = max(-(-CHANNELS_LAST_ROWS // positions), CHANNELS_LAST_COLUMNS // (positions * depth * groups), 1)
-        step = -(-n // -(-n // fit))
-        blocks = [(n0, min(n, n0 + step), 0, rows_out) for n0 in range(0, n, step)]
+        band = max(1, CHANNELS_LAST_COLUMNS // (images * per_row))
+    blocks = [(n0, min(n, n0 + images), r0, min(rows_out, r0 + band))
+              for n0 in range(0, n, images) for r0 in range(0, rows_out, band)]
+    padded_images = None
     for n0, n1, r0, r1 in blocks:
+        if padded_images != (n0, n1):
+            padded = _padded_channels_last(x[n0:n1], geometry, "padded")
+            windows = kernels.by_group(kernels.windows(padded.permute(0, 3, 1, 2), geometry), 1, groups)
+            windows, padded_images = windows.permute(1, 0, 3, 4, 5, 6, 2), (n0, n1)   # (g, n, H_out, W_out, k_h, k_w, C_g)
         cols = workspace.buffer("columns", (groups, n1 - n0, r1 - r0, cols_out, kh, kw, cg), x.dtype, x.device)
-        cols.copy_(windows[:, n0:n1, r0:r1])
+        cols.copy_(windows[:, :, r0:r1])
         yield n0, n1, r0, r1, cols.view(groups, -1, depth)
 
 
@@ -641,14 +658,16 @@ def _rows_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _add_weight_rows(grad: torch.Tensor, b: torch.Tensor, block: tuple, cols: torch.Tensor) -> None:
     """``grad[g] (O_g, k_h·k_w·C_g) += Σ_n B[n,g] · X_rows[g][n]`` over one block's images, B[n,g] the block's
-    rows of b's group g (O_g, band) and X_rows[g][n] (band, k_h·k_w·C_g) its columns: one inner product each."""
+    rows of b's group g (O_g, band) and X_rows[g][n] (band, k_h·k_w·C_g) its columns: one ``torch.bmm`` over the
+    block's images (each thread multiplies the images whose columns it copied), summed after."""
     n0, n1, r0, r1 = block
-    groups, og, cols_out = grad.shape[0], grad.shape[1], b.shape[3]
-    per_image = cols.view(groups, n1 - n0, -1, cols.shape[2])
-    for i in range(n1 - n0):
-        rows = b[n0 + i].flatten(1)[:, r0 * cols_out: r1 * cols_out]
-        for g in range(groups):
-            grad[g].add_(products.linear(rows[g * og:(g + 1) * og], per_image[g, i].t()))
+    groups, og, depth = grad.shape
+    rows = b[n0:n1].flatten(2)[:, :, r0 * b.shape[3]: r1 * b.shape[3]]
+    per_image = cols.view(groups, n1 - n0, -1, depth)
+    partial = workspace.buffer("weight_rows", (n1 - n0, og, depth), grad.dtype, grad.device)
+    for g in range(groups):
+        torch.bmm(rows[:, g * og:(g + 1) * og], per_image[g], out=partial)
+        grad[g].add_(partial[0] if n1 - n0 == 1 else partial.sum(0))
 
 
 def _from_weight_rows(grad: torch.Tensor, geometry: Geometry) -> torch.Tensor:

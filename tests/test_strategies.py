@@ -154,28 +154,33 @@ def test_im2col_works_in_bands_of_rows_when_one_image_exceeds_the_column_budget(
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("blocks", ["image_by_image", "two_images_and_one", "bands_of_rows"])
 def test_channels_last_works_in_blocks_of_images_and_bands_of_rows(blocks, dtype, monkeypatch):
-    """Batch 5: one image a block, blocks of 2, 2 and 1 (the weight gradient summed across them), or -- where one
-    image's rows exceed COLUMN_LIMIT -- one output row at a time; forward, pair, and the weight gradient alone,
-    grouped and not."""
-    monkeypatch.setattr(strategies, "CHANNELS_LAST_ROWS", 2 * 7 * 8 if blocks == "two_images_and_one" else 1)
-    monkeypatch.setattr(strategies, "CHANNELS_LAST_COLUMNS", 0)
-    if blocks == "bands_of_rows":
-        monkeypatch.setattr(strategies, "COLUMN_LIMIT", 1)
+    """Batch 5: on one thread one image a block; on two, whole images for each thread -- blocks of 2, 2 and 1
+    (the weight gradient summed across them) -- whole or in bands of 3 output rows (the last band shorter).
+    Forward, pair, and the weight gradient alone, grouped, dilated and not."""
+    monkeypatch.setattr(strategies, "CHANNELS_LAST_ROWS", 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1 if blocks == "image_by_image" else 2)
     seen, blocks_of = [], strategies._channels_last_blocks
 
-    def recorded(*args):
-        for block in blocks_of(*args):
-            seen.append((block[1] - block[0], block[3] - block[2]))
+    def recorded(x, geometry):
+        for block in blocks_of(x, geometry):
+            if x.shape[1] == 6:                          # the layer's input (the pair's correlation reads G)
+                seen.append((block[1] - block[0], block[3] - block[2]))
             yield block
     monkeypatch.setattr(strategies, "_channels_last_blocks", recorded)
-    for weight_shape, kwargs in (((4, 6, 3, 3), dict(padding=1)), ((4, 3, 3, 3), dict(padding=1, groups=2)),
-                                 ((4, 6, 3, 2), dict(padding=(2, 1), dilation=(2, 1)))):
+    for weight_shape, kwargs, out_size in (((4, 6, 3, 3), dict(padding=1), (7, 8)),
+                                           ((4, 3, 3, 3), dict(padding=1, groups=2), (7, 8)),
+                                           ((4, 6, 3, 2), dict(padding=(2, 1), dilation=(2, 1)), (7, 9))):
+        per_row = out_size[1] * 6 * weight_shape[2] * weight_shape[3]          # column entries of one output row
+        columns = {"image_by_image": out_size[0] * per_row, "two_images_and_one": 2 * out_size[0] * per_row,
+                   "bands_of_rows": 2 * 3 * per_row}[blocks]
+        monkeypatch.setattr(strategies, "CHANNELS_LAST_COLUMNS", columns)
         for forced in (dict(correlate="channels_last", correlate_pair="channels_last"),
                        dict(correlate="channels_last", correlate_weight="channels_last")):
             with strategies.forced(**forced):
                 check_against_torch("conv2d", (5, 6, 7, 8), weight_shape, dtype=dtype, **kwargs)
     # (images, output rows) of each block's columns
-    expected = {"image_by_image": {(1, 7)}, "two_images_and_one": {(2, 7), (1, 7)}, "bands_of_rows": {(1, 1)}}
+    expected = {"image_by_image": {(1, 7)}, "two_images_and_one": {(2, 7), (1, 7)},
+                "bands_of_rows": {(2, 3), (2, 1), (1, 3), (1, 1)}}
     assert set(seen) == expected[blocks]
 
 
