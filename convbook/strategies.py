@@ -15,7 +15,8 @@ Strategies (``name: equation``):
 * ``channels_last`` -- im2col with the column matrix transposed, one row per output position, copied
   from a channels-last padded copy of x: ``Y_rows[g] = X_rows[g] · W_rows[g]ᵀ`` with
   ``X_rows[g][(n,i,j),(u,v,c)] = x_pad[n, s·i + d·u, s·j + d·v, g·C_g + c]``, multiplied by oneDNN's inner
-  product (:func:`products.linear`), then copied back to NCHW.
+  product (:func:`products.linear`), then copied back to NCHW. Not picked by :func:`choose` (chapter 7,
+  *Channels last*: not reliably faster, and a float32 sum in one chain); ``forced("channels_last")`` runs it.
 * ``shifted`` -- no column matrix: the padded input, split into s² phase planes and flattened,
   is multiplied once per tap at a constant offset:
   ``Y[g] += W[g,:,:,u,v] · P_{du mod s}[g][:, off(u,v) + ·]`` with ``off = ⌊du/s⌋·R + ⌊dv/s⌋``.
@@ -688,9 +689,12 @@ def correlate_channels_last(x: torch.Tensor, weight: torch.Tensor, geometry: Geo
     (:func:`products.linear`, the kernel of ``nn.Linear``) -- the positions as its batch, W_rows as its
     weight -- which multiplied these shapes faster than ``torch.bmm`` multiplies im2col's channel-major
     ones (64 × 576 by 576 × 3 136: 196 GFLOP/s against 132-141); its positions-major result costs one
-    transposing copy into y. Done in blocks of images (:func:`_channels_last_blocks`). In float32 the inner
+    transposing copy into y. Done in blocks of images (:func:`_channels_last_blocks`). The dispatcher does not
+    pick it: in full benchmark runs alternating with the im2col code it was no faster overall -- r18_64_56's
+    training step 1.43-1.81 times native's against im2col's 1.42-1.50, the 7 × 7 and 14 × 14 layers 2-5%
+    faster -- and its float32 sums are less accurate. In float32 the inner
     product sums each window's K products in one chain, where MKL and PyTorch's own convolution split the
-    sum: the output is about 2-3.6 times as far from the exact answer, normwise, as PyTorch's (a 3 × 3 layer
+    sum: the output is about 1.7-3.6 times as far from the exact answer, normwise, as PyTorch's (a 3 × 3 layer
     on 64 channels: 6.5e-7 to 1.1e-6 against 2.6e-7 to 4.0e-7), the weight gradient nearer -- within the
     bound of a K-term sum in any order (``tests/test_products.py``).
 
@@ -1486,9 +1490,6 @@ def choose(contraction: str, batch: int, in_channels: int, out_channels: int, ge
             return "row_shifted", why_rows
         if g > 1:
             return "shifted", "grouped: k² shifted products per group, no column matrix"
-        if (sh, sw) == (1, 1):
-            return "channels_last", ("ungrouped at stride 1: one row of columns per position, multiplied by oneDNN's "
-                                     "inner product (the backward's pair shares them)")
         if positions < 256:
             return "im2col_folded", "small image: the batch folded into the columns makes one large product"
         return "im2col", "one dense product on a copied column matrix"

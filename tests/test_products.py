@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import convbook
-from convbook import metrics, products, sweep
+from convbook import metrics, products, strategies, sweep
 from convbook.dispatch import convolution_ops, record_aten_ops
 from oracle import check_against_torch
 
@@ -62,20 +62,17 @@ def test_with_onednn_switched_off_a_wide_product_is_torch_bmm():
     assert ops["aten.bmm"] == 1 and ops["mkldnn._linear_pointwise"] == 0
 
 
-# layers whose products run on oneDNN's inner product: im2col or col2im products that are wide (more than
-# WIDE output positions per image), and a stride-1 layer (channels_last: forward, and the backward's pair)
-ONEDNN_CASES = {
+# layers whose im2col or col2im products are wide: more than WIDE output positions per image
+WIDE_CASES = {
     "conv_stem": ("conv2d", (2, 3, 184, 184), (32, 3, 7, 7), dict(stride=2, padding=3)),
     "transposed_stem_adjoint": ("conv_transpose2d", (2, 32, 92, 92), (32, 3, 7, 7),
                                 dict(stride=2, padding=3, output_padding=1)),
-    "conv_3x3_channels_last": ("conv2d", (2, 64, 28, 28), (64, 64, 3, 3), dict(padding=1)),
 }
-WIDE_CASES = [case for case in ONEDNN_CASES if case != "conv_3x3_channels_last"]
 
 
-@pytest.mark.parametrize("case", ONEDNN_CASES)
-def test_a_layer_multiplying_on_onednn_is_pytorchs_in_float64(case):
-    op, input_shape, weight_shape, kwargs = ONEDNN_CASES[case]
+@pytest.mark.parametrize("case", WIDE_CASES)
+def test_a_layer_with_wide_products_is_pytorchs_in_float64(case):
+    op, input_shape, weight_shape, kwargs = WIDE_CASES[case]
     check_against_torch(op, input_shape, weight_shape, dtype=torch.float64, **kwargs)
 
 
@@ -85,7 +82,7 @@ def test_in_float32_a_layer_with_wide_products_is_as_accurate_as_pytorchs_own(ca
     answer than twice PyTorch's own convolution is. (Measured on the stem: the outputs and input gradients
     as near as PyTorch's; the weight gradients, sums of 8 464 products per image, 0.3 times PyTorch's error
     and 2.3 times that of the same strategies multiplying with MKL.)"""
-    op, input_shape, weight_shape, kwargs = ONEDNN_CASES[case]
+    op, input_shape, weight_shape, kwargs = WIDE_CASES[case]
     native = F.conv2d if op == "conv2d" else F.conv_transpose2d
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(*input_shape, generator=g), torch.randn(*weight_shape, generator=g)
@@ -103,20 +100,20 @@ def test_in_float32_a_layer_with_wide_products_is_as_accurate_as_pytorchs_own(ca
 
 
 def test_in_float32_channels_last_is_within_the_a_priori_bound_of_a_sum_in_any_order():
-    """channels_last multiplies on oneDNN's inner product, which sums each window's K = 9·64 = 576 products in
-    one chain: its outputs and input gradients are normwise 2-3.6 times as far from the exact answer as
-    PyTorch's own convolution (measured 6.5e-7 to 1.1e-6, PyTorch 2.6e-7 to 4.0e-7), its weight gradients
-    2-6 times nearer. Every entry is within the bound that holds for any order of a K-term float32 sum,
-    ``|ŷ − y| ≤ γ_K · (|W|·|X|)``, ``γ_K = K·u / (1 − K·u)`` (Higham, Accuracy and Stability, Thm. 3.1)."""
-    op, input_shape, weight_shape, kwargs = ONEDNN_CASES["conv_3x3_channels_last"]
-    assert convbook.explain(op, input_shape, weight_shape, **kwargs)["forward"][0] == "channels_last"
+    """channels_last (forced: the dispatcher does not pick it) multiplies on oneDNN's inner product, which sums
+    each window's K = 9·64 = 576 products in one chain: its outputs and input gradients are normwise 2-3.6
+    times as far from the exact answer as PyTorch's own convolution (measured 6.5e-7 to 1.1e-6, PyTorch 2.6e-7
+    to 4.0e-7). Every entry is within the bound that holds for any order of a K-term float32 sum,
+    ``|ŷ − y| ≤ γ_K · (|W|·|X|)``, ``γ_K = K·u / (1 − K·u)`` (Higham, Accuracy and Stability, Thm. 3.1;
+    book eq. verification-sum-bound)."""
+    kwargs = dict(padding=1)
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(*input_shape, generator=g), torch.randn(*weight_shape, generator=g)
-    b = torch.randn(weight_shape[0], generator=g)
+    x, w = torch.randn(2, 64, 28, 28, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+    b = torch.randn(64, generator=g)
     grad_output = torch.randn(F.conv2d(x, w, b, **kwargs).shape, generator=g)
     exact = sweep.results(F.conv2d, *(t.double() for t in (x, w, b, grad_output)), **kwargs)
     magnitude = sweep.results(F.conv2d, *(t.double().abs() for t in (x, w, b, grad_output)), **kwargs)
-    with record_aten_ops() as ops:
+    with strategies.forced(correlate="channels_last", correlate_pair="channels_last"), record_aten_ops() as ops:
         mine = sweep.results(convbook.conv2d, x, w, b, grad_output, **kwargs)
     assert ops["mkldnn._linear_pointwise"] > 0 and convolution_ops(ops) == []
     u = 2.0 ** -24
