@@ -695,8 +695,8 @@ def correlate_channels_last(x: torch.Tensor, weight: torch.Tensor, geometry: Geo
     faster -- and its float32 sums are less accurate. In float32 the inner
     product sums each window's K products in one chain, where MKL and PyTorch's own convolution split the
     sum: the output is about 1.7-3.6 times as far from the exact answer, normwise, as PyTorch's (a 3 × 3 layer
-    on 64 channels: 6.5e-7 to 1.1e-6 against 2.6e-7 to 4.0e-7), the weight gradient nearer -- within the
-    bound of a K-term sum in any order (``tests/test_products.py``).
+    on 64 channels: 6.5e-7 to 1.1e-6 against 2.6e-7 to 4.0e-7) -- within the bound of a K-term sum in any
+    order (``tests/test_products.py``).
 
     With a ``partner`` b (N, O_b, H_out, W_out) the same rows give the weight gradient
     ``G[g] = Σ_n B[n,g] · X_rows[g][n] = correlate_weight(x, b)`` (eq. 3.3), and the result is the pair (y, G).
@@ -717,8 +717,8 @@ def correlate_channels_last(x: torch.Tensor, weight: torch.Tensor, geometry: Geo
 
 def correlate_weight_channels_last(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     """channels_last weight gradient: ``G[g] = Σ_n Y[n,g] · X_rows[g][n]``, the rows of
-    :func:`correlate_channels_last`, one inner product per image and group; ``∂L/∂w[g·O_g + o, c, u, v] =
-    G[g][o, (u,v,c)]``."""
+    :func:`correlate_channels_last`, one ``torch.bmm`` per block and group (:func:`_add_weight_rows`);
+    ``∂L/∂w[g·O_g + o, c, u, v] = G[g][o, (u,v,c)]``."""
     groups, (kh, kw) = geometry.groups, geometry.kernel_size
     grad = x.new_zeros(groups, y.shape[1] // groups, x.shape[1] // groups * kh * kw)
     y = y.contiguous()
