@@ -8,7 +8,7 @@ import torch
 import torch.utils.checkpoint
 
 import convbook
-from convbook import checks, strategies, workspace
+from convbook import checks, strategies, winograd, workspace
 from convbook.dispatch import convolution_ops, record_aten_ops
 from oracle import assert_close_to_torch, check_against_torch
 
@@ -264,7 +264,11 @@ def test_the_dispatcher_picks_by_shape():
     assert convbook.explain("conv2d", (8, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128)["forward"][0] == "depthwise"
     assert convbook.explain("conv2d", (8, 512, 7, 7), (512, 512, 3, 3), padding=1)["forward"][0] == "im2col_folded"
     assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 16, 3, 3), padding=1, groups=8)["forward"][0] == "shifted"
-    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "im2col"
+    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "winograd"
+    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["grad_weight"][0] == "winograd"
+    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=2, dilation=2)["forward"][0] == "im2col"
+    assert convbook.explain("conv2d", (8, 8, 56, 56), (64, 8, 3, 3), padding=1)["forward"][0] == "im2col"
+    assert convbook.explain("conv2d", (8, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1)["forward"][0] == "im2col"
     assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 7, 7), padding=3)["forward"][0] == "fft"
     assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 128, 5, 5), padding=2)["grad_weight"][0] == "row_shifted"
     assert convbook.explain("conv_transpose2d", (8, 64, 28, 28), (64, 16, 4, 4), stride=2, padding=1,
@@ -293,7 +297,7 @@ def test_forced_is_thread_local():
 
 def test_forcing_an_unknown_strategy_is_an_error():
     with pytest.raises(ValueError):
-        with strategies.forced("winograd"):      # measured in chapter 7, not a strategy
+        with strategies.forced("toom_cook"):      # Winograd's larger cousins are not strategies
             pass
 
 
@@ -485,6 +489,65 @@ def test_the_fft_strategy_splits_its_frequency_rows_by_thread_exactly(count, thr
     with strategies.forced("fft"):
         for size in (6, 7):
             check_against_torch("conv2d", (2, 3, size, 7), (4, 3, 5, 5), padding=2)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("block", ["whole_batch", "one_image_a_block", "two_images_in_two_parts"])
+def test_winograd_works_block_of_images_by_block_and_part_by_part(block, count, threads, monkeypatch):
+    """Winograd transforms and multiplies a few images at a time (:data:`winograd.BLOCK`), split into one part per
+    thread where U is small (:func:`winograd.parts`), the weight gradient summed over blocks and parts: batch 6
+    whole, image by image, or in blocks of 2 in two parts -- odd and even output sizes (the tiles overhang), padding
+    larger than the kernel (the adjoint's is negative), dilated and grouped, forward, pair and weight gradient."""
+    threads(count)
+    limit = {"whole_batch": 1 << 30, "one_image_a_block": 1, "two_images_in_two_parts": None}[block]
+    if limit is None:                      # 2 images fit a block, and U (16·O·C_g) is small next to them
+        monkeypatch.setattr(winograd, "image_blocks", lambda batch, per_image, largest: ((n, min(batch, n + 2)) for n in range(0, batch, 2)))
+        monkeypatch.setattr(winograd, "parts", lambda images, u, v: 2 if images == 2 else 1)
+    else:
+        monkeypatch.setattr(winograd, "BLOCK", limit)
+    dtype = torch.float64
+    with strategies.forced("winograd"):
+        check_against_torch("conv2d", (6, 3, 7, 8), (4, 3, 3, 3), dtype=dtype, padding=1)
+        check_against_torch("conv2d", (6, 2, 6, 9), (5, 2, 3, 3), dtype=dtype, padding=4)
+        check_against_torch("conv2d", (6, 4, 9, 10), (6, 2, 3, 3), dtype=dtype, padding=(2, 3), dilation=(2, 3), groups=2)
+
+
+def test_winograd_forced_where_its_tiles_do_not_fit_runs_im2col_and_says_so():
+    """F(2 × 2, 3 × 3) is for 3 × 3 kernels at stride 1; forced on anything else, every contraction runs im2col
+    (exactly PyTorch's), and explain() says which strategy ran."""
+    with strategies.forced("winograd"):
+        explained = convbook.explain("conv2d", (2, 3, 9, 9), (4, 3, 5, 5), padding=2)
+        assert explained["forward"][0] == explained["grad_weight"][0] == "im2col"
+        assert "winograd" in explained["forward"][1]
+        assert convbook.explain("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), padding=1)["forward"][0] == "winograd"
+        for op, input_shape, weight_shape, kwargs in (CASES["conv_stride_2"], CASES["conv_large_kernel"],
+                                                      CASES["transposed_k4_s2"]):
+            check_against_torch(op, input_shape, weight_shape, **kwargs)
+
+
+def test_winograd_transforms_are_the_matrices_of_the_book():
+    """The transforms are sums of strided views; applied to the unit tiles they give back Bᵀ e B, G e Gᵀ and
+    Aᵀ e A entry by entry (eq. perf-winograd), so the code and the equation cannot disagree."""
+    b_t, g, a_t = (torch.tensor(m, dtype=torch.float64) for m in (winograd.B_T, winograd.G, winograd.A_T))
+    geometry = checks.conv2d_geometry(torch.empty(1, 1, 2, 2), torch.empty(1, 1, 3, 3), None, 1, 1, 1, 1)
+    for r in range(4):
+        for q in range(4):
+            tile = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+            tile[0, 0, r, q] = 1                       # one 4 × 4 tile: a 2 × 2 output at padding 1, no padding added
+            v = winograd.input_transform(tile, checks.conv2d_geometry(tile, torch.empty(1, 1, 3, 3), None, 1, 0, 1, 1), 1)
+            assert torch.equal(v.view(4, 4), b_t @ tile[0, 0] @ b_t.T)
+    for u in range(3):
+        for v_ in range(3):
+            w = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+            w[0, 0, u, v_] = 1
+            assert torch.equal(winograd.weight_transform(w, 1).view(4, 4), g @ w[0, 0] @ g.T)
+    for xi in range(4):
+        for nu in range(4):
+            m = torch.zeros(1, 16, 1, 1, dtype=torch.float64)
+            m[0, 4 * xi + nu] = 1
+            y = torch.empty(1, 1, 2, 2, dtype=torch.float64)
+            winograd.output_transform(m, geometry, y)
+            assert torch.equal(y[0, 0], a_t @ m.view(4, 4) @ a_t.T)
 
 
 # The forward's column matrix, kept for the weight gradient (strategies.keeping_columns)
