@@ -395,6 +395,65 @@ def channels_last_rows(case: Case) -> list[Equality]:
                      conv2d_derivative(case, x, w, grad_output, w))]
 
 
+# --- Chapter 7: Winograd's minimal filtering -----------------------------------------------------
+
+WINOGRAD_CASES = {
+    "one 4 × 4 tile, 2 → 2 channels": Case((1, 2, 4, 4), (2, 2, 3, 3)),
+    "padding 1, 5 × 4 outputs (the tiles overhang)": Case((2, 1, 5, 4), (1, 1, 3, 3), padding=(1, 1)),
+}
+"""Tiny 3 × 3, stride-1 cases for F(2 × 2, 3 × 3), one of a whole tile and one with an odd output whose last
+tiles reach past the image."""
+
+
+def winograd_tiles(case: Case) -> list[Equality]:
+    """Chapter 7, eqs. (perf-winograd) and (perf-winograd-weight), with the matrices of
+    :mod:`convbook.winograd`. On the 4 × 4 tiles ``d[n, c, t]`` of the padded input at stride 2 (zeros past
+    its end), ``y_t[n, o] = Aᵀ [Σ_c (G w[o, c] Gᵀ) ⊙ (Bᵀ d[n, c, t] B)] A`` is the forward (the outputs past
+    the edge cropped), and with the output-gradient tiles ``Ḡ_t[n, o]`` (zeros past the edge)
+    ``∂L/∂w[o, c] = Gᵀ [Σ_{n,t} (A Ḡ_t[n, o] Aᵀ) ⊙ (Bᵀ d[n, c, t] B)] G`` is the weight gradient: checked
+    against the loop reference and against sympy's derivative of Σ G ⊙ y."""
+    from . import winograd
+    b_t, g_m, a_t = (sympy.Matrix([[sympy.nsimplify(e) for e in row] for row in m])
+                     for m in (winograd.B_T, winograd.G, winograd.A_T))
+    (n, c, height, width), (o, _, _, _) = case.input_shape, case.weight_shape
+    top, left = case.padding
+    rows_out, cols_out = case.conv_output_shape()[2:]
+    th, tw = -(-rows_out // 2), -(-cols_out // 2)
+    x, w, grad_output = conv2d_symbols(case)
+
+    def tile(i, k, ti, tj):
+        return sympy.Matrix(4, 4, lambda r, q: x[i, k, 2 * ti + r - top, 2 * tj + q - left]
+                            if 0 <= 2 * ti + r - top < height and 0 <= 2 * tj + q - left < width else 0)
+
+    def grad_tile(i, oo, ti, tj):
+        return sympy.Matrix(2, 2, lambda a, b: grad_output[i, oo, 2 * ti + a, 2 * tj + b]
+                            if 2 * ti + a < rows_out and 2 * tj + b < cols_out else 0)
+
+    u = {(oo, k): g_m * sympy.Matrix(3, 3, lambda r, q: w[oo, k, r, q]) * g_m.T for oo in range(o) for k in range(c)}
+    v = {(i, k, ti, tj): b_t * tile(i, k, ti, tj) * b_t.T
+         for i in range(n) for k in range(c) for ti in range(th) for tj in range(tw)}
+    derived = sympy.MutableDenseNDimArray.zeros(n, o, rows_out, cols_out)
+    grad_u = {key: sympy.zeros(4, 4) for key in u}
+    for i, oo, ti, tj in product(range(n), range(o), range(th), range(tw)):
+        m = sum((u[oo, k].multiply_elementwise(v[i, k, ti, tj]) for k in range(c)), sympy.zeros(4, 4))
+        y_tile = a_t * m * a_t.T
+        for a, b in product(range(2), range(2)):
+            if 2 * ti + a < rows_out and 2 * tj + b < cols_out:
+                derived[i, oo, 2 * ti + a, 2 * tj + b] = y_tile[a, b]
+        grad_m = a_t.T * grad_tile(i, oo, ti, tj) * a_t
+        for k in range(c):
+            grad_u[oo, k] += grad_m.multiply_elementwise(v[i, k, ti, tj])
+    grad = sympy.MutableDenseNDimArray.zeros(o, c, 3, 3)
+    for (oo, k), gu in grad_u.items():
+        gw = g_m.T * gu * g_m
+        for r, q in product(range(3), range(3)):
+            grad[oo, k, r, q] = gw[r, q]
+    truth = reference.conv2d(x, w, None, **case.geometry())
+    return [equality("Aᵀ [Σ_c U ⊙ V] A on 4 × 4 tiles at stride 2 = conv2d(x, w)", case.describe(), derived, truth),
+            equality("Gᵀ [Σ (A Ḡ Aᵀ) ⊙ V] G = ∂L/∂w (sympy's derivative)", case.describe(), grad,
+                     conv2d_derivative(case, x, w, grad_output, w))]
+
+
 # --- Chapter 7: the convolution theorem -------------------------------------------------------
 
 SPECTRAL_CASES = {

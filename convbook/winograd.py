@@ -11,7 +11,7 @@ gradient is the adjoint of the same chain (eq. perf-winograd-weight): with ``Ȳ 
 tiles, ``∂L/∂M = A Ȳ Aᵀ``, ``∂L/∂U[ξ, ν] = Σ_t (∂L/∂M)[ξ, ν] · V[ξ, ν]ᵀ`` and ``∂L/∂w = Gᵀ (∂L/∂U) G``.
 The input gradient at stride 1 is itself a correlation (the padded ∂L/∂y with the flipped kernel), so the
 dispatcher's ``phase`` adjoint gives it to the forward here; with a partner the two products share
-the transformed tiles of ∂L/∂y (:func:`strategies.correlate_winograd`).
+the transformed tiles of ∂L/∂y (``strategies.correlate_winograd``).
 
 Dilation ``d`` splits the padded input into d_h·d_w interleaved sub-images (rows ``d·r + a``), on each of
 which the dilated 3 × 3 correlation is an undilated one; here they are one more view dimension of the
@@ -89,7 +89,7 @@ def _rows(coefficients, parts: list[torch.Tensor], out: torch.Tensor) -> torch.T
 
 
 def parts(images: int, u_entries: int, v_entries: int) -> int:
-    """Into how many parts a block of ``images`` is split, one per thread (:func:`workspace.thread_parts`):
+    """Into how many parts a block of ``images`` is split, one per thread (``workspace.thread_parts``):
     each thread then transforms, multiplies and transforms back its own images, and reads only what it
     wrote itself (chapter 7, *The machine*). The products repeat U once per part, so a block is split only
     where U is small next to the block's tiles (at most a quarter of V); otherwise it is one part."""

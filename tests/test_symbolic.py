@@ -124,3 +124,8 @@ def test_sympy_strided_columns_read_from_the_phase_planes_give_the_convolution(c
 @pytest.mark.parametrize("case", symbolic.CHANNELS_LAST_CASES.values(), ids=symbolic.CHANNELS_LAST_CASES.keys())
 def test_sympy_rows_per_position_read_channels_last_give_the_forward_and_the_weight_gradient(case):
     assert_all_equal(symbolic.channels_last_rows(case))
+
+
+@pytest.mark.parametrize("case", symbolic.WINOGRAD_CASES.values(), ids=symbolic.WINOGRAD_CASES.keys())
+def test_sympy_winograd_tiles_give_the_forward_and_the_weight_gradient(case):
+    assert_all_equal(symbolic.winograd_tiles(case))
