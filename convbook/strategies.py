@@ -44,6 +44,11 @@ Strategies (``name: equation``):
   cost hardly grows with the kernel; a non-finite entry in its result sends the call to the direct
   strategy (the transform would spread one inf or NaN to every output, where the sums put it
   only in the windows that hold it).
+* ``winograd`` -- Winograd's minimal filtering F(2 × 2, 3 × 3) (:mod:`convbook.winograd`), for 3 × 3 kernels at
+  stride 1: on the 4 × 4 tiles d of the padded input at stride 2, ``Y_tile = Aᵀ [U[ξ,ν] · V[ξ,ν]] A`` with
+  ``U = G w Gᵀ`` and ``V = Bᵀ d B``, 16 products of depth C_g, 2.25 times fewer multiplications; the weight
+  gradient by the adjoint, ``∂L/∂U[ξ,ν] = (A Ḡ Aᵀ)[ξ,ν] · V[ξ,ν]ᵀ``, ``∂L/∂w = Gᵀ (∂L/∂U) G``. Forced on
+  another geometry it runs im2col; a non-finite result is computed again by im2col.
 * ``plain`` -- the plain vectorised version of :mod:`convbook.kernels` (einsum).
 
 Pairs (``correlate_pair``): a backward that needs both gradients reads grad_output's windows

@@ -96,8 +96,8 @@ def test_the_dispatcher_takes_the_fft_where_the_direct_sums_do_400_multiply_adds
     assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 32, 11, 11), padding=5)["grad_weight"][0] == "fft"
     # batch 1: the tap spectrum is made for one image's worth of sums
     assert convbook.explain("conv2d", (1, 32, 64, 64), (32, 32, 7, 7), padding=3)["forward"][0] == "row_shifted"
-    # 5×5 on 128 channels, 3×3, strided and grouped layers keep the direct strategies
+    # 5×5 on 128 channels, 3×3, strided and grouped layers keep the direct strategies (or Winograd's, for 3×3)
     assert convbook.explain("conv2d", (8, 128, 28, 28), (128, 128, 5, 5), padding=2)["forward"][0] == "row_shifted"
-    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "im2col"
+    assert convbook.explain("conv2d", (8, 64, 56, 56), (64, 64, 3, 3), padding=1)["forward"][0] == "winograd"
     assert convbook.explain("conv2d", (2, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3)["forward"][0] != "fft"
     assert convbook.explain("conv2d", (8, 32, 64, 64), (32, 8, 7, 7), padding=3, groups=4)["forward"][0] != "fft"
