@@ -345,8 +345,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=None, help="paired rounds per measurement (7; quick: 3)")
     parser.add_argument("--target", type=float, default=0.05, help="seconds per timed loop")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--layers", nargs="*", help="names of the layers to run (default: all)")
+    parser.add_argument("--layers", nargs="*", help="names of the layers to run, space-separated (default: all)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.layers or ()) - {layer.name for layer in LAYERS})
+    if unknown:
+        parser.error(f"unknown layer(s) {', '.join(unknown)}; the layers are {', '.join(l.name for l in LAYERS)}")
     torch.set_num_threads(args.threads)
     names = args.layers or (QUICK if args.quick else None)
     rounds = args.rounds or (3 if args.quick else 7)

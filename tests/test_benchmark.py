@@ -44,3 +44,10 @@ def test_the_allocator_is_pinned_where_there_is_glibc():
     done = subprocess.run([sys.executable, "-c", "from convbook import benchmark; assert benchmark.steady_allocator()"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_an_unknown_layer_name_is_an_error_that_lists_the_layers(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--layers", "r18_64_56,dil2_64_56"])
+    err = capsys.readouterr().err
+    assert "unknown layer(s) r18_64_56,dil2_64_56" in err and "lk11_32_64" in err
