@@ -105,20 +105,19 @@ def _sub_images(padded: torch.Tensor, geometry: Geometry) -> torch.Tensor:
 def input_transform(padded: torch.Tensor, geometry: Geometry, parts: int) -> torch.Tensor:
     """V (parts, 16, C, T) in a reused buffer, T = (images of the part, d_h, d_w, t_h, t_w):
     ``V[ξ, ν][c, t] = (Bᵀ d[n, c, t] B)_{ξν}`` for the 4 × 4 tiles at stride 2 of the sub-images of
-    ``padded`` (the input padded to :func:`extent`)."""
+    ``padded`` (the input padded to :func:`extent`): the rows of every tile first, one operation per row ξ of
+    Bᵀ, then its columns, one operation per column ν for all four ξ at once."""
     n, c = padded.shape[:2]
     (dh, dw), (th, tw) = geometry.dilation, tiles(geometry)
     sub = _sub_images(padded, geometry)
-    across = sub.shape[-1]
     rows = [sub[..., k::2, :][..., :th, :] for k in range(4)]
-    stage = workspace.buffer("winograd_stage", (4, n, c, dh, dw, th, across), padded.dtype, padded.device)
+    stage = workspace.buffer("winograd_stage", (4, n, c, dh, dw, th, sub.shape[-1]), padded.dtype, padded.device)
     for xi in range(4):
         _rows(B_T[xi], rows, stage[xi])
     v = workspace.buffer("winograd_V", (parts, 4, 4, c, n // parts, dh, dw, th, tw), padded.dtype, padded.device)
-    for xi in range(4):
-        cols = [stage[xi][..., k::2][..., :tw].unflatten(0, (parts, -1)) for k in range(4)]
-        for nu in range(4):
-            _rows(B_T[nu], cols, v[:, xi, nu].transpose(1, 2))
+    cols = [stage[..., k::2][..., :tw].unflatten(1, (parts, -1)).transpose(0, 1) for k in range(4)]
+    for nu in range(4):                                                # (parts, ξ, images, c, ...)
+        _rows(B_T[nu], cols, v[:, :, nu].transpose(2, 3))
     return v.view(parts, 16, c, -1)
 
 
@@ -148,35 +147,33 @@ def products(u: torch.Tensor, v: torch.Tensor, groups: int) -> torch.Tensor:
     return m
 
 
-def _output_tiles(y: torch.Tensor, geometry: Geometry, parts: int):
-    """y (n, o, H_out, W_out) as (a, b) → its outputs at row ``d_h·(2t + a) + a'``, column
-    ``d_w·(2t' + b) + b'`` laid out (parts, o, images of the part, d_h, d_w, t_h, t_w) -- or None where
-    the tiles overhang y."""
+def _output_tiles(y: torch.Tensor, geometry: Geometry, parts: int) -> torch.Tensor | None:
+    """y (n, o, H_out, W_out) as the view (a, b, parts, o, images of the part, d_h, d_w, t_h, t_w) of its outputs
+    at row ``d_h·(2t + a) + a'`` and column ``d_w·(2t' + b) + b'`` -- or None where the tiles overhang y."""
     (dh, dw), (th, tw) = geometry.dilation, tiles(geometry)
     if y.shape[2:] != (2 * th * dh, 2 * tw * dw):
         return None
     grid = y.unflatten(3, (tw, 2, dw)).unflatten(2, (th, 2, dh)).unflatten(0, (parts, -1))
-    return lambda a, b: grid[:, :, :, :, a, :, :, b, :].permute(0, 2, 1, 4, 6, 3, 5)
+    return grid.permute(4, 7, 0, 2, 1, 5, 8, 3, 6)
 
 
 def output_transform(m: torch.Tensor, geometry: Geometry, y: torch.Tensor) -> None:
-    """Write y (n, o, H_out, W_out) from M (parts, 16, O, T): ``Y_tile = Aᵀ M A``."""
+    """Write y (n, o, H_out, W_out) from M (parts, 16, O, T): ``Y_tile = Aᵀ M A``, the rows a of every tile
+    first (for all columns ν at once), then its columns b (for both rows at once)."""
     n, o = y.shape[:2]
     parts = m.shape[0]
     (dh, dw), (th, tw) = geometry.dilation, tiles(geometry)
     m = m.view(parts, 4, 4, o, n // parts, dh, dw, th, tw)
-    stage = workspace.buffer("winograd_stage", (2, 4, parts, o, n // parts, dh, dw, th, tw), m.dtype, m.device)
+    stage = workspace.buffer("winograd_stage", (2, parts, 4, o, n // parts, dh, dw, th, tw), m.dtype, m.device)
     for a in range(2):
-        for nu in range(4):
-            _rows(A_T[a], [m[:, xi, nu] for xi in range(4)], stage[a, nu])
+        _rows(A_T[a], [m[:, xi] for xi in range(4)], stage[a])
     target = _output_tiles(y, geometry, parts)
     full = None
     if target is None:
         full = workspace.buffer("winograd_out", (n, o, 2 * th * dh, 2 * tw * dw), m.dtype, m.device)
         target = _output_tiles(full, geometry, parts)
-    for a in range(2):
-        for b in range(2):
-            _rows(A_T[b], list(stage[a]), target(a, b))
+    for b in range(2):
+        _rows(A_T[b], [stage[:, :, nu] for nu in range(4)], target[:, b])
     if full is not None:
         y.copy_(full[:, :, :y.shape[2], :y.shape[3]])
 
@@ -195,13 +192,11 @@ def grad_transform(grad: torch.Tensor, geometry: Geometry, parts: int) -> torch.
     a_cols = list(zip(*A_T))                                           # A = (Aᵀ)ᵀ: 4 rows of 2
     shape = (parts, o, n // parts, dh, dw, th, tw)
     stage = workspace.buffer("winograd_stage", (4, 2, *shape), grad.dtype, grad.device)
-    for xi in range(4):
-        for b in range(2):
-            _rows(a_cols[xi], [source(a, b) for a in range(2)], stage[xi, b])
+    for xi in range(4):                                                # Σ_a A[ξ, a] Ȳ[a, b], both b at once
+        _rows(a_cols[xi], [source[a] for a in range(2)], stage[xi])
     out = workspace.buffer("winograd_M", (parts, 4, 4, *shape[1:]), grad.dtype, grad.device)
-    for xi in range(4):
-        for nu in range(4):
-            _rows(a_cols[nu], list(stage[xi]), out[:, xi, nu])
+    for nu in range(4):                                                # Σ_b A[ν, b] (·)[ξ, b], all ξ at once
+        _rows(a_cols[nu], [stage[:, b].transpose(0, 1) for b in range(2)], out[:, :, nu])
     return out.view(parts, 16, o, -1)
 
 
