@@ -191,12 +191,12 @@ def grad_transform(grad: torch.Tensor, geometry: Geometry, parts: int) -> torch.
         source = _output_tiles(full, geometry, parts)
     a_cols = list(zip(*A_T))                                           # A = (Aᵀ)ᵀ: 4 rows of 2
     shape = (parts, o, n // parts, dh, dw, th, tw)
-    stage = workspace.buffer("winograd_stage", (4, 2, *shape), grad.dtype, grad.device)
+    stage = workspace.buffer("winograd_stage", (4, parts, 2, *shape[1:]), grad.dtype, grad.device)
     for xi in range(4):                                                # Σ_a A[ξ, a] Ȳ[a, b], both b at once
-        _rows(a_cols[xi], [source[a] for a in range(2)], stage[xi])
+        _rows(a_cols[xi], [source[a].transpose(0, 1) for a in range(2)], stage[xi])
     out = workspace.buffer("winograd_M", (parts, 4, 4, *shape[1:]), grad.dtype, grad.device)
     for nu in range(4):                                                # Σ_b A[ν, b] (·)[ξ, b], all ξ at once
-        _rows(a_cols[nu], [stage[:, b].transpose(0, 1) for b in range(2)], out[:, :, nu])
+        _rows(a_cols[nu], [stage[:, :, b].transpose(0, 1) for b in range(2)], out[:, :, nu])
     return out.view(parts, 16, o, -1)
 
 
