@@ -110,13 +110,14 @@ def input_transform(padded: torch.Tensor, geometry: Geometry, parts: int) -> tor
     n, c = padded.shape[:2]
     (dh, dw), (th, tw) = geometry.dilation, tiles(geometry)
     sub = _sub_images(padded, geometry)
-    rows = [sub[..., k::2, :][..., :th, :] for k in range(4)]
-    stage = workspace.buffer("winograd_stage", (4, n, c, dh, dw, th, sub.shape[-1]), padded.dtype, padded.device)
+    rows = [sub[..., k::2, :][..., :th, :].unflatten(0, (parts, -1)) for k in range(4)]
+    stage = workspace.buffer("winograd_stage", (parts, 4, n // parts, c, dh, dw, th, sub.shape[-1]),
+                             padded.dtype, padded.device)
     for xi in range(4):
-        _rows(B_T[xi], rows, stage[xi])
+        _rows(B_T[xi], rows, stage[:, xi])
     v = workspace.buffer("winograd_V", (parts, 4, 4, c, n // parts, dh, dw, th, tw), padded.dtype, padded.device)
-    cols = [stage[..., k::2][..., :tw].unflatten(1, (parts, -1)).transpose(0, 1) for k in range(4)]
-    for nu in range(4):                                                # (parts, ξ, images, c, ...)
+    cols = [stage[..., k::2][..., :tw] for k in range(4)]               # (parts, ξ, images, c, ...)
+    for nu in range(4):
         _rows(B_T[nu], cols, v[:, :, nu].transpose(2, 3))
     return v.view(parts, 16, c, -1)
 
@@ -164,16 +165,16 @@ def output_transform(m: torch.Tensor, geometry: Geometry, y: torch.Tensor) -> No
     parts = m.shape[0]
     (dh, dw), (th, tw) = geometry.dilation, tiles(geometry)
     m = m.view(parts, 4, 4, o, n // parts, dh, dw, th, tw)
-    stage = workspace.buffer("winograd_stage", (2, parts, 4, o, n // parts, dh, dw, th, tw), m.dtype, m.device)
+    stage = workspace.buffer("winograd_stage", (parts, 2, 4, o, n // parts, dh, dw, th, tw), m.dtype, m.device)
     for a in range(2):
-        _rows(A_T[a], [m[:, xi] for xi in range(4)], stage[a])
+        _rows(A_T[a], [m[:, xi] for xi in range(4)], stage[:, a])
     target = _output_tiles(y, geometry, parts)
     full = None
     if target is None:
         full = workspace.buffer("winograd_out", (n, o, 2 * th * dh, 2 * tw * dw), m.dtype, m.device)
         target = _output_tiles(full, geometry, parts)
     for b in range(2):
-        _rows(A_T[b], [stage[:, :, nu] for nu in range(4)], target[:, b])
+        _rows(A_T[b], [stage[:, :, nu].transpose(0, 1) for nu in range(4)], target[:, b])
     if full is not None:
         y.copy_(full[:, :, :y.shape[2], :y.shape[3]])
 
@@ -191,12 +192,12 @@ def grad_transform(grad: torch.Tensor, geometry: Geometry, parts: int) -> torch.
         source = _output_tiles(full, geometry, parts)
     a_cols = list(zip(*A_T))                                           # A = (Aᵀ)ᵀ: 4 rows of 2
     shape = (parts, o, n // parts, dh, dw, th, tw)
-    stage = workspace.buffer("winograd_stage", (4, parts, 2, *shape[1:]), grad.dtype, grad.device)
+    stage = workspace.buffer("winograd_stage", (parts, 4, 2, *shape[1:]), grad.dtype, grad.device)
     for xi in range(4):                                                # Σ_a A[ξ, a] Ȳ[a, b], both b at once
-        _rows(a_cols[xi], [source[a].transpose(0, 1) for a in range(2)], stage[xi])
+        _rows(a_cols[xi], [source[a].transpose(0, 1) for a in range(2)], stage[:, xi])
     out = workspace.buffer("winograd_M", (parts, 4, 4, *shape[1:]), grad.dtype, grad.device)
     for nu in range(4):                                                # Σ_b A[ν, b] (·)[ξ, b], all ξ at once
-        _rows(a_cols[nu], [stage[:, :, b].transpose(0, 1) for b in range(2)], out[:, :, nu])
+        _rows(a_cols[nu], [stage[:, :, b] for b in range(2)], out[:, :, nu])
     return out.view(parts, 16, o, -1)
 
 
