@@ -266,20 +266,12 @@ def _blocks(batch: int, rows: int, per_image: int, *sizes: int):
     A block's column matrix holds at most ``min(COLUMN_BUDGET × max(sizes), COLUMN_LIMIT)`` elements:
     as many whole images as fit, spread evenly -- or, when one image does not fit (large kernels,
     large images), one image at a time in bands of output rows. A chunk of several images holds a multiple
-    of the thread count where it can: its batched product gives each thread whole images, and an odd chunk
-    left r18_128_28's forward (3 + 3 + 2 images) 20% slower than chunks of 2.
+    of the thread count where it can (``workspace.image_chunks``).
     """
     budget = min(COLUMN_BUDGET * max(sizes), COLUMN_LIMIT)
     if per_image <= budget:
-        fit, threads = max(1, budget // max(1, per_image)), torch.get_num_threads()
-        if fit >= threads:
-            fit -= fit % threads
-        chunks = -(-batch // fit)
-        step = -(-batch // chunks)
-        if fit >= threads:
-            step = min(fit, -(-step // threads) * threads)
-        for n0 in range(0, batch, step):
-            yield n0, min(batch, n0 + step), 0, rows
+        for n0, n1 in workspace.image_chunks(batch, budget // max(1, per_image)):
+            yield n0, n1, 0, rows
         return
     bands = -(-rows // max(1, budget // max(1, per_image // rows)))
     band = -(-rows // bands)

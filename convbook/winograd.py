@@ -58,15 +58,7 @@ def image_blocks(batch: int, per_image: int, largest: int):
     """(n0, n1) blocks of images with at most ``min(BLOCK, 2·largest)`` transformed entries (``per_image``
     each; ``largest``: the most entries of any operand or result), one image at least; a multiple of the
     thread count where more fit, spread evenly."""
-    fit, threads = max(1, min(BLOCK, 2 * largest) // max(1, per_image)), torch.get_num_threads()
-    if fit >= threads:
-        fit -= fit % threads
-    chunks = -(-batch // fit)
-    step = -(-batch // chunks)
-    if fit >= threads:
-        step = min(fit, -(-step // threads) * threads)
-    for n0 in range(0, batch, step):
-        yield n0, min(batch, n0 + step)
+    return workspace.image_chunks(batch, min(BLOCK, 2 * largest) // max(1, per_image))
 
 
 def _rows(coefficients, parts: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:

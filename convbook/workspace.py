@@ -76,6 +76,21 @@ def thread_parts(count: int) -> int:
     return threads if 1 < threads <= count and count % threads == 0 else 1
 
 
+def image_chunks(batch: int, fit: int):
+    """(n0, n1) chunks of a batch, at most ``fit`` images each (one at least), spread evenly: a multiple of
+    the thread count where that many fit, so that a product batched over a chunk's images gives each thread
+    whole images (an odd chunk left r18_128_28's im2col forward, 3 + 3 + 2 images, 20% slower than chunks of 2)."""
+    fit, threads = max(1, fit), torch.get_num_threads()
+    if fit >= threads:
+        fit -= fit % threads
+    chunks = -(-batch // fit)
+    step = -(-batch // chunks)
+    if fit >= threads:
+        step = min(fit, -(-step // threads) * threads)
+    for n0 in range(0, batch, step):
+        yield n0, min(batch, n0 + step)
+
+
 def held_bytes() -> int:
     """Bytes this thread's buffers hold now."""
     return sum(t.numel() * t.element_size() for t in _slots().values())
