@@ -1212,7 +1212,6 @@ def correlate_transpose_phase(y: torch.Tensor, weight: torch.Tensor, geometry: G
                     grad = kernel_grad
                 else:
                     grad[taps] = kernel_grad
-                if not single:
                     image[where].copy_(phase)
             if single:
                 image = phase
