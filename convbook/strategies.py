@@ -1528,8 +1528,9 @@ def forced(name: str | None = None, **per_contraction: str):
 WINOGRAD_CHANNELS = 16
 """Winograd is chosen for ungrouped, undilated 3 × 3 correlations at stride 1 with at least this many
 channels on each side: its 16 products have depth C, and thinner ones run far below the matrix
-library's speed. (Dilated, its transforms read and write every other entry: ``dil2_64_56``'s training
-step took 1.57 times native's against im2col's 1.43, so it stays with im2col.)"""
+library's speed. (Dilated, its transforms read every d-th number: ``dil2_64_56``'s training step measured
+no faster than im2col's -- 1.50 and 1.53 times native's against 1.46 and 1.66 in two paired measurements
+-- so it stays with im2col.)"""
 
 
 WINOGRAD_POSITIONS = 64
