@@ -1,4 +1,4 @@
-"""Winograd's minimal filtering F(2 × 2, 3 × 3), forward and weight gradient (book chapter 7, *Winograd*).
+"""Winograd's minimal filtering F(2 × 2, 3 × 3), forward and weight gradient (book chapter 7, *Fewer multiplications*).
 
 A 2 × 2 tile of outputs of a 3 × 3 correlation at stride 1 is computed from the 4 × 4 tile ``d`` of the
 padded input under it with 16 multiplications instead of 36 (eq. perf-winograd)::
@@ -114,18 +114,22 @@ def input_transform(padded: torch.Tensor, geometry: Geometry, parts: int) -> tor
     return v.view(parts, 16, c, -1)
 
 
+def _g_kron_g(like: torch.Tensor) -> torch.Tensor:
+    """G ⊗ G (16 × 9), in the dtype and on the device of ``like``: ``(G w Gᵀ)_{ξν} = Σ_{uv} (G ⊗ G)[(ξ,ν), (u,v)] w[u, v]``."""
+    g = torch.tensor(G, dtype=like.dtype, device=like.device)
+    return torch.kron(g, g)
+
+
 def weight_transform(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """U (16·g, O_g, C_g): ``U[ξ, ν][o, c] = (G w[o, c] Gᵀ)_{ξν}``, as one product with G ⊗ G."""
     o, cg = weight.shape[:2]
-    kron = torch.kron(*(torch.tensor(G, dtype=weight.dtype, device=weight.device),) * 2)    # (16, 9)
-    return torch.mm(kron, weight.reshape(o * cg, 9).t()).view(16 * groups, o // groups, cg)
+    return torch.mm(_g_kron_g(weight), weight.reshape(o * cg, 9).t()).view(16 * groups, o // groups, cg)
 
 
 def weight_transform_adjoint(grad_u: torch.Tensor) -> torch.Tensor:
     """∂L/∂w (O, C_g, 3, 3), a fresh contiguous tensor, from ∂L/∂U (16, O, C_g): ``Gᵀ (∂L/∂U)[o, c] G``."""
     o, cg = grad_u.shape[1:]
-    kron = torch.kron(*(torch.tensor(G, dtype=grad_u.dtype, device=grad_u.device),) * 2)
-    return torch.mm(grad_u.reshape(16, o * cg).t(), kron).view(o, cg, 3, 3)
+    return torch.mm(grad_u.reshape(16, o * cg).t(), _g_kron_g(grad_u)).view(o, cg, 3, 3)
 
 
 def products(u: torch.Tensor, v: torch.Tensor, groups: int) -> torch.Tensor:

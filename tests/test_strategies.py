@@ -533,7 +533,7 @@ def test_winograd_transforms_are_the_matrices_of_the_book():
     for r in range(4):
         for q in range(4):
             tile = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
-            tile[0, 0, r, q] = 1                       # one 4 × 4 tile: a 2 × 2 output at padding 1, no padding added
+            tile[0, 0, r, q] = 1                       # one 4 × 4 tile: the whole input of a 2 × 2 output, padding 0
             v = winograd.input_transform(tile, checks.conv2d_geometry(tile, torch.empty(1, 1, 3, 3), None, 1, 0, 1, 1), 1)
             assert torch.equal(v.view(4, 4), b_t @ tile[0, 0] @ b_t.T)
     for u in range(3):
