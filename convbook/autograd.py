@@ -74,10 +74,18 @@ def _prototype_batched(t: torch.Tensor) -> bool:
     return torch._C._dispatch_keys(t).has(_PROTOTYPE_BATCHED)
 
 
-def _real_contract(contraction: str, a: torch.Tensor, b: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """A contraction of two real (or integer) tensors, in the dtype it is computed in."""
+def _real_contract(contraction: str, a: torch.Tensor, b: torch.Tensor, geometry: Geometry,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A contraction of two real (or integer) tensors (+ bias on the channel dimension), in the dtype it is
+    computed in. The kernels take the bias themselves (a strategy may fold it into its product:
+    ``strategies.ADDS_BIAS``); to the result of an opaque operator (:func:`_kernel`) it is added."""
     wide = WIDER.get(a.dtype, a.dtype)
-    return _kernel(contraction, a, b)(a.to(wide), b.to(wide), geometry)
+    kernel = _kernel(contraction, a, b)
+    bias = None if bias is None else bias.to(wide)
+    if bias is not None and kernel is getattr(kernels, contraction):
+        return kernel(a.to(wide), b.to(wide), geometry, bias=bias)
+    result = kernel(a.to(wide), b.to(wide), geometry)
+    return result if bias is None else result.add_(bias.view(1, -1, 1, 1))    # the kernels return fresh tensors
 
 
 def _parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,14 +106,13 @@ def contract(contraction: str, a: torch.Tensor, b: torch.Tensor, geometry: Geome
 
     four real contractions; narrower dtypes are computed in :data:`WIDER` and the bias added there.
     """
-    if a.dtype.is_complex:
-        (a_r, a_i), (b_r, b_i) = _parts(a), _parts(b)
-        f = lambda p, q: _real_contract(contraction, p, q, geometry)  # noqa: E731
-        result = torch.complex(f(a_r, b_r) - f(a_i, b_i), f(a_r, b_i) + f(a_i, b_r))
-    else:
-        result = _real_contract(contraction, a, b, geometry)
+    if not a.dtype.is_complex:
+        return _real_contract(contraction, a, b, geometry, bias).to(a.dtype)
+    (a_r, a_i), (b_r, b_i) = _parts(a), _parts(b)
+    f = lambda p, q: _real_contract(contraction, p, q, geometry)  # noqa: E731
+    result = torch.complex(f(a_r, b_r) - f(a_i, b_i), f(a_r, b_i) + f(a_i, b_r))
     if bias is not None:
-        result.add_(bias.to(result.dtype).view(1, -1, 1, 1))     # the kernels return fresh tensors
+        result.add_(bias.to(result.dtype).view(1, -1, 1, 1))
     return result.to(a.dtype)
 
 
@@ -328,7 +335,7 @@ def _paired(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor, weigh
     if not (needed[0] and needed[1]) or torch.is_grad_enabled() \
             or not _contracted_as_they_are(grad_output, layer_input, weight):
         return None
-    return strategies.backward_pair(op, grad_output, layer_input, weight, geometry)
+    return strategies.backward_pair(op, grad_output, layer_input, weight, geometry, bias=needed[2])
 
 
 def conv2d_grads(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
@@ -341,11 +348,12 @@ def conv2d_grads(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     (:func:`convbook.strategies.backward_pair`).
     """
     layout = suggested_format(x, weight)
-    grad_x, grad_weight = _paired("conv2d", grad_output, x, weight, geometry, needed) or (None, None)
+    grad_x, grad_weight, grad_bias = _paired("conv2d", grad_output, x, weight, geometry, needed) or (None,) * 3
     if grad_x is None:
         grad_x = correlate_transpose(grad_output, weight.conj(), None, geometry) if needed[0] else None
         grad_weight = correlate_weight(x.conj(), grad_output, geometry) if needed[1] else None
-    grad_bias = sum_bias(grad_output) if needed[2] else None
+    if grad_bias is None and needed[2]:
+        grad_bias = sum_bias(grad_output)
     return (None if grad_x is None else grad_x.contiguous(memory_format=layout),
             None if grad_weight is None else grad_weight.contiguous(memory_format=layout),
             grad_bias)
@@ -357,11 +365,12 @@ def conv_transpose2d_grads(grad_output: torch.Tensor, y: torch.Tensor, weight: t
     of ``grad_output`` with the same (for complex: conjugated) weight, the weight gradient a
     correlation of ``grad_output`` with the (conjugated) input."""
     layout = suggested_format(y, weight)
-    grad_y, grad_weight = _paired("conv_transpose2d", grad_output, y, weight, geometry, needed) or (None, None)
+    grad_y, grad_weight, grad_bias = _paired("conv_transpose2d", grad_output, y, weight, geometry, needed) or (None,) * 3
     if grad_y is None:
         grad_y = correlate(grad_output, weight.conj(), None, geometry) if needed[0] else None
         grad_weight = correlate_weight(grad_output, y.conj(), geometry) if needed[1] else None
-    grad_bias = sum_bias(grad_output) if needed[2] else None
+    if grad_bias is None and needed[2]:
+        grad_bias = sum_bias(grad_output)
     return (None if grad_y is None else grad_y.contiguous(memory_format=layout),
             None if grad_weight is None else grad_weight.contiguous(memory_format=layout),
             grad_bias)

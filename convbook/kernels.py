@@ -112,16 +112,20 @@ def correlate_weight_plain(x: torch.Tensor, y: torch.Tensor, geometry: Geometry)
     return weight.flatten(0, 1)
 
 
-def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Conv2d forward without bias (eq. 2.1) by the strategy :func:`convbook.strategies.choose` picks."""
+def correlate(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Conv2d forward (eq. 2.1), plus ``bias`` on the channels when given, by the strategy
+    :func:`convbook.strategies.choose` picks."""
     from . import strategies
-    return strategies.run("correlate", x, weight, geometry)
+    return strategies.run("correlate", x, weight, geometry, bias=bias)
 
 
-def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """The adjoint (eqs. 3.4, 4.1) by the strategy :func:`convbook.strategies.choose` picks."""
+def correlate_transpose(y: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
+                        bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The adjoint (eqs. 3.4, 4.1), plus ``bias`` on the channels when given (ConvTranspose2d's forward), by
+    the strategy :func:`convbook.strategies.choose` picks."""
     from . import strategies
-    return strategies.run("correlate_transpose", y, weight, geometry)
+    return strategies.run("correlate_transpose", y, weight, geometry, bias=bias)
 
 
 def correlate_weight(x: torch.Tensor, y: torch.Tensor, geometry: Geometry) -> torch.Tensor:

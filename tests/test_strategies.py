@@ -10,6 +10,8 @@ import torch.utils.checkpoint
 import convbook
 from convbook import checks, strategies, winograd, workspace
 from convbook.dispatch import convolution_ops, record_aten_ops
+from convbook.compare import operands
+from convbook.index_map import input_position
 from oracle import assert_close_to_torch, check_against_torch
 
 DTYPES = [torch.float64, torch.float32]
@@ -238,6 +240,76 @@ def test_the_scatter_writes_every_position_of_an_uninitialised_image(case, weigh
     for image in images:
         strategies._add_taps(image, columns, geometry, weights)
     assert not images[0].isnan().any() and torch.equal(*images)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_taps_tile_the_image_exactly_where_each_position_lies_in_one_window(case):
+    # taps_tile_the_image(geometry) is the shortcut of col2im's depth-to-space copy, of its bias folded into the
+    # product and of its smaller blocks; by the index map h = s·i + d·u − p, count the windows that hold each position
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    geometry = checks.shape_geometry(op, input_shape, weight_shape, **kwargs)
+    counts = []
+    for axis in (0, 1):
+        count = [0] * geometry.input_size[axis]
+        for i in range(geometry.output_size[axis]):
+            for u in range(geometry.kernel_size[axis]):
+                h = input_position(i, u, geometry.stride[axis], geometry.padding[axis], geometry.dilation[axis])
+                if 0 <= h < len(count):
+                    count[h] += 1
+        counts.append(count)
+    exactly_once = all(c == 1 for count in counts for c in count)
+    windows_inside = all(geometry.padding[a] == 0 and (geometry.output_size[a] - 1) * geometry.stride[a]
+                         + geometry.dilation[a] * (geometry.kernel_size[a] - 1) < geometry.input_size[a] for a in (0, 1))
+    assert strategies.taps_tile_the_image(geometry) == (exactly_once and windows_inside)
+    assert strategies.taps_tile_the_image(geometry) == case.startswith(
+        ("transposed_taps_tile", "transposed_depthwise_taps_tile", "conv_kernel_equals_stride"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["im2col", "im2col_folded"])
+@pytest.mark.parametrize("budget", ["image_by_image", "bands_of_rows"])
+@pytest.mark.parametrize("case", ["transposed_taps_tile_the_image", "transposed_k4_s2", "transposed_groups_dilation"])
+def test_the_backward_pair_sums_the_bias_gradient_block_by_block(case, budget, name, dtype, monkeypatch):
+    """An im2col pair sums grad_output over each block of its images as it copies their columns (eq. 3.2): in
+    blocks of one image, and in bands of rows (each image summed once, at its first band). Without ``bias``
+    it leaves ∂L/∂b to the caller."""
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    x, w, _ = operands(op, input_shape, weight_shape, True, dtype, 0, kwargs.get("groups", 1))
+    geometry = checks.shape_geometry(op, input_shape, weight_shape, **kwargs)
+    per_image = w.shape[1] * geometry.groups * math.prod(geometry.kernel_size) * input_shape[2] * input_shape[3]
+    for limit in ("COLUMN_LIMIT", "TILING_COLUMNS"):
+        monkeypatch.setattr(strategies, limit, per_image if budget == "image_by_image" else per_image // 2)
+    blocks, original = [], strategies._blocks
+
+    def recorded(*args, **kwargs):
+        these = list(original(*args, **kwargs))
+        blocks.extend(these)
+        return these
+    monkeypatch.setattr(strategies, "_blocks", recorded)
+    grad_output = torch.randn(input_shape[0], w.shape[1] * geometry.groups, *geometry.input_size, dtype=dtype)
+    with strategies.forced(correlate_pair=name):
+        _, _, grad_bias = strategies.backward_pair(op, grad_output, x, w, geometry, bias=True)
+        pair_blocks = list(blocks)
+        assert strategies.backward_pair(op, grad_output, x, w, geometry)[2] is None
+        check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
+    assert_close_to_torch(grad_bias, grad_output.sum((0, 2, 3)), f"{case} {budget} {name}")
+    whole_images = [r0 == 0 and r1 == input_shape[2] for _, _, r0, r1 in pair_blocks]
+    assert all(n1 - n0 == 1 for n0, n1, _, _ in pair_blocks) and all(whole_images) == (budget == "image_by_image")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ["col2im", "col2im_folded"])
+@pytest.mark.parametrize("case", ["transposed_taps_tile_the_image", "transposed_taps_tile_the_image_in_column_pairs",
+                                  "transposed_k4_s2", "transposed_output_padding"])
+def test_col2im_adds_the_bias_to_its_product_where_the_taps_tile_the_image_and_to_the_image_elsewhere(case, name, dtype,
+                                                                                                     monkeypatch):
+    """Folded into the product (every position receives one tap) or added after: ConvTranspose2d's forward with
+    bias is PyTorch's either way, whole or block of images by block."""
+    op, input_shape, weight_shape, kwargs = CASES[case]
+    for limit in (strategies.TILING_COLUMNS, 1):
+        monkeypatch.setattr(strategies, "TILING_COLUMNS", limit)
+        with strategies.forced(correlate_transpose=name):
+            check_against_torch(op, input_shape, weight_shape, dtype=dtype, **kwargs)
 
 
 def test_explain_names_a_strategy_and_a_reason_for_each_contraction():
