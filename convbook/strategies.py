@@ -1746,7 +1746,7 @@ def backward_pair(op: str, grad_output: torch.Tensor, layer_input: torch.Tensor,
     correlate(∂L/∂x, W) and ∂L/∂w = correlate_weight(∂L/∂x, y) (eq. 4.5) by one pair strategy.
 
     With ``bias`` an im2col pair also sums grad_output over batch and positions, ∂L/∂b (eq. 3.2), block by
-    block while each block is in the cache for its column copy (``channel_sums`` of :func:`correlate_im2col`);
+    block while each block is in the cache for its column copy (``channel_sums`` of ``correlate_im2col``);
     the other strategies leave ∂L/∂b to the caller (None)."""
     if op == "conv2d":
         in_channels, out_channels = layer_input.shape[1], weight.shape[0]
