@@ -110,7 +110,7 @@ def _strided(lo: int, hi: int, step: int, start: int) -> slice:
 
 
 def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int = 0, border: bool = True,
-                  parts: int = 1):
+                  parts: int = 1, shared: bool = False):
     """The padded input split into stride phases, channel-major and flattened:
 
         planes[a][b][c, n·R·Q + r·Q + q] = x_pad[n, c, s_h·r + a, s_w·q + b],   x_pad[.., t, ..] = x[.., t − p, ..]
@@ -128,6 +128,16 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int 
     With ``parts`` P > 1 the images are laid out in P parts of M = N/P, part by part (:func:`_parts`):
     ``planes[a][b][p·C + c, m·R·Q + r·Q + q]`` holds image n = p·M + m -- so the P·g groups of all
     parts are one batch of matrices with a single stride, one per thread (:func:`correlate_shifted`).
+
+    ``shared`` (stride 1): consecutive rows share their zero columns, and consecutive images their zero
+    rows -- R and Q shrink by ``min(p_top, p_bottom, d_h·(k_h − 1))`` and ``min(p_left, p_right, d_w·(k_w − 1))``
+    (the outputs keep R ≥ H_out rows and Q ≥ W_out columns of their own). A tap that reads past
+    the right end of a row lands on the next row's left zeros, one past the bottom of an image on the
+    next image's top zeros (the next channel's, after the last image), and a few zeros after the last
+    channel (the buffer's guard) serve the last one. Fewer columns to multiply: 29 × 29 instead of
+    30 × 30 per 28 × 28 image at padding 1, the wrapped columns a product computes and drops (see
+    :func:`plane_span`) from 13% of those it keeps to 7%. Measured (training step, paired against the
+    unshared planes, 21 rounds): grp8_128_28 0.94 of the time, dil2_64_56 0.98, T_g4_64_k4s2 0.99.
     """
     n, c, height, width = x.shape
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
@@ -135,10 +145,19 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int 
     row_phases = sorted({dh * u % sh for u in range(kh)})
     col_phases = sorted({dw * v % sw for v in range(kw)})
     rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
+    guard = 0
+    if shared and (sh, sw) == (1, 1):
+        trim_rows = max(0, min(top, rows - top - height, rows - rows_out))   # (R ≥ H_out, Q ≥ W_out: the
+        trim_cols = max(0, min(left, cols - left - width, cols - cols_out))  # outputs keep a grid of their own)
+        rows, cols = rows - trim_rows, cols - trim_cols
+        guard = trim_rows * cols + trim_cols
     windows = [[(*_inside(height, rows, sh, a - top), *_inside(width, cols, sw, b - left)) for b in col_phases]
                for a in row_phases]
     shape = (len(row_phases), len(col_phases), parts, max(c, capacity), n // parts, rows, cols)
-    planes, kept = workspace.framed_buffer(name, shape, tuple(map(tuple, windows)), x.dtype, x.device)
+    flat, kept = workspace.framed_buffer(name, (math.prod(shape) + guard,), (shape, tuple(map(tuple, windows))),
+                                         x.dtype, x.device)
+    flat[flat.numel() - guard:].zero_()
+    planes = flat[:flat.numel() - guard].view(shape)
     planes, x_cm = planes[:, :, :, :c], x.unflatten(0, (parts, n // parts)).transpose(1, 2)
     for ia, a in enumerate(row_phases):
         for ib, b in enumerate(col_phases):
@@ -149,6 +168,14 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int 
     phase_of = {(a, b): planes[ia, ib].reshape(parts * c, -1) for ia, a in enumerate(row_phases)
                 for ib, b in enumerate(col_phases)}
     return phase_of, rows, cols
+
+
+def plane_span(images: int, rows: int, cols: int, geometry: Geometry) -> int:
+    """L' = (M − 1)·R·Q + (H_out − 1)·Q + W_out: how many columns of a block of M images' phase planes
+    (R × Q each, :func:`_phase_planes`) a shifted product computes -- from the first output to the last,
+    the ones that wrap a row end or an image's bottom included (they are computed and dropped)."""
+    rows_out, cols_out = geometry.output_size
+    return (images - 1) * rows * cols + (rows_out - 1) * cols + cols_out
 
 
 def _shifted_sources(planes: dict, geometry: Geometry, cols: int, groups: int, span: int) -> list:
@@ -775,8 +802,8 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
     rows_out, cols_out = geometry.output_size
     parts = _parts(n)
     m = n // parts
-    planes, rows, cols = _phase_planes(x, geometry, "planes", parts=parts)
-    span = m * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    planes, rows, cols = _phase_planes(x, geometry, "planes", parts=parts, shared=True)
+    span = plane_span(m, rows, cols, geometry)
     taps = _taps_by_group(weight, g, transpose=False)
     if parts > 1:
         taps = taps.unsqueeze(2).expand(kh, kw, parts, g, og, cg).reshape(kh, kw, parts * g, og, cg)
@@ -870,7 +897,7 @@ def correlate_depthwise(x: torch.Tensor, weight: torch.Tensor, geometry: Geometr
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     n, c, (rows_out, cols_out) = x.shape[0], x.shape[1], geometry.output_size
     rows, cols = rows_out + dh * (kh - 1) // sh, cols_out + dw * (kw - 1) // sw
-    span = n * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    span = plane_span(n, rows, cols, geometry)
     taps = weight.reshape(c, kh * kw, 1)
     y = x.new_empty(n, c, rows_out, cols_out)
     grad = None if partner is None else x.new_empty(kh * kw, c, 1, 1)
@@ -1297,8 +1324,8 @@ def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometr
     product contracting batch and positions together, and no column matrix is built."""
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     parts = 1 if blocked else _parts(x.shape[0])
-    planes, rows, cols = _phase_planes(x, geometry, "planes", parts=parts)
-    span = x.shape[0] // parts * rows * cols - (dh * (kh - 1) // sh) * cols - dw * (kw - 1) // sw
+    planes, rows, cols = _phase_planes(x, geometry, "planes", parts=parts, shared=True)
+    span = plane_span(x.shape[0] // parts, rows, cols, geometry)
     return _weight_taps(_shifted_sources(planes, geometry, cols, parts * geometry.groups, span), y, geometry, rows,
                         cols, span, blocked, parts)
 

@@ -502,6 +502,36 @@ def test_the_phase_plane_views_hold_exactly_the_windows_of_the_strided_view(kern
     assert torch.equal(assembled, expected)
 
 
+@pytest.mark.parametrize("padding, kernel, dilation", [((1, 1), (3, 3), (1, 1)), ("same", (4, 2), (1, 3)),
+                                                        ((3, 3), (2, 2), (1, 1)), ((0, 2), (3, 3), (2, 1)),
+                                                        ((2, 0), (5, 3), (1, 1))])
+@pytest.mark.parametrize("parts", [1, 2])
+def test_shared_borders_give_every_tap_the_index_maps_entry(padding, kernel, dilation, parts):
+    """Stride 1 with shared borders (:func:`strategies._phase_planes`): rows share their zero columns and
+    images their zero rows, so R·Q shrinks -- and still, by the index map h = i + d·u − p, every tap's
+    shifted columns hold x[n, c, h, w] at each output (n, i, j), and zero where (h, w) falls outside x:
+    the reads past a row's end, an image's bottom, or the last channel (into the buffer's guard) find zeros."""
+    x = torch.randn(4, 3, 6, 7, dtype=torch.float64) + 10       # no zero inside x
+    workspace.buffer("planes", (1 << 12,), x.dtype, x.device).fill_(float("nan"))   # nor in the reused buffer
+    weight = torch.ones(2, 3, *kernel, dtype=torch.float64)
+    geometry = checks.conv2d_geometry(x, weight, None, 1, padding, dilation, 1)
+    planes, rows, cols = strategies._phase_planes(x, geometry, "planes", parts=parts, shared=True)
+    full = [geometry.output_size[a] + dilation[a] * (kernel[a] - 1) for a in (0, 1)]
+    pads = [(geometry.padding[a], full[a] - geometry.padding[a] - x.shape[2 + a]) for a in (0, 1)]
+    assert (rows, cols) == tuple(full[a] - max(0, min(*pads[a], full[a] - geometry.output_size[a])) for a in (0, 1))
+    m = x.shape[0] // parts
+    span = strategies.plane_span(m, rows, cols, geometry)
+    for u, v, source in strategies._shifted_sources(planes, geometry, cols, parts, span):
+        for n in range(x.shape[0]):
+            for i in range(geometry.output_size[0]):
+                for j in range(geometry.output_size[1]):
+                    h = input_position(i, u, 1, geometry.padding[0], dilation[0])
+                    w = input_position(j, v, 1, geometry.padding[1], dilation[1])
+                    inside = 0 <= h < x.shape[2] and 0 <= w < x.shape[3]
+                    read = source[n // m, :, (n % m) * rows * cols + i * cols + j]
+                    assert torch.equal(read, x[n, :, h, w] if inside else torch.zeros(3, dtype=x.dtype))
+
+
 @pytest.fixture
 def threads():
     """Set torch's thread count inside a test; the count the suite runs with is put back after."""
