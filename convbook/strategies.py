@@ -1342,8 +1342,9 @@ def _weight_taps(sources: list, y: torch.Tensor, geometry: Geometry, rows: int, 
     g, (kh, kw), (rows_out, cols_out) = geometry.groups, geometry.kernel_size, geometry.output_size
     n, o, (_, cg, _) = y.shape[0], y.shape[1], sources[0][2].shape
     og, m = o // g, n // parts
-    spread = workspace.buffer("product", (parts, o, m, rows, cols), y.dtype, y.device)
-    _frame(spread, (0, rows_out, 0, cols_out), lambda: y.unflatten(0, (parts, m)).transpose(1, 2))
+    spread, kept = workspace.framed_buffer("spread", (parts, o, m, rows, cols), (0, rows_out, 0, cols_out),
+                                           y.dtype, y.device)
+    _frame(spread, (0, rows_out, 0, cols_out), lambda: y.unflatten(0, (parts, m)).transpose(1, 2), not kept)
     spread = spread.view(parts * g, og, -1)[:, :, :span]
     grad = y.new_empty(kh, kw, parts * g, og, cg)
     step = max(1, DEPTHWISE_BLOCK // (cg * n * rows * cols)) if blocked else parts * g
