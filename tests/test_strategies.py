@@ -242,6 +242,37 @@ def test_the_scatter_writes_every_position_of_an_uninitialised_image(case, weigh
     assert not images[0].isnan().any() and torch.equal(*images)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "odd_offset"])
+@pytest.mark.parametrize("fold_batch", [False, True], ids=["per_image", "folded"])
+def test_columns_of_taps_that_tile_rows_in_pairs_are_the_window_view(dtype, layout, fold_batch, monkeypatch):
+    """k_w = s_w = 2: each image row is read as pairs (v = 0, v = 1), and the column matrix is copied by
+    ``_deinterleave`` (the v = 0 entries as the low halves of 64-bit integers) where each pair is one such
+    integer -- contiguous float32 x; not float64, not channels-last x (a pair's entries lie C apart), nor x
+    that starts at an odd offset. Either way the columns are the window view of chapter 2, entry for entry,
+    and the results PyTorch's."""
+    calls = []
+    deinterleave = strategies._deinterleave
+    monkeypatch.setattr(strategies, "_deinterleave", lambda target, source: (calls.append(1), deinterleave(target, source)))
+    storage = torch.randn(2 * 4 * 6 * 8 + 1, dtype=dtype)
+    x = storage[1:].view(2, 4, 6, 8) if layout == "odd_offset" else storage[:-1].view(2, 4, 6, 8)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(6, 2, 2, 2, dtype=dtype)
+    geometry = checks.conv2d_geometry(x, weight, None, 2, 0, 1, 2)
+    blocks = (0, 2, 0, geometry.output_size[0])
+    columns = strategies._columns(strategies._windows(x, geometry), blocks, geometry, fold_batch)
+    assert len(calls) == (1 if layout == "contiguous" and dtype == torch.float32 else 0)
+    parts = columns.shape[0]
+    view = convbook.kernels.windows(x, geometry)                          # (n, c, i, j, u, v)
+    expected = view.unflatten(1, (2, 2)).permute(0, 1, 2, 5, 6, 3, 4)     # (n, g, c, u, v, i, j)
+    if fold_batch:
+        expected = expected.unflatten(0, (parts, -1)).permute(0, 2, 3, 4, 5, 1, 6, 7)
+    assert torch.equal(columns, expected.reshape(columns.shape))
+    with strategies.forced("im2col_folded" if fold_batch else "im2col"):
+        check_against_torch("conv2d", (2, 4, 6, 8), (6, 2, 2, 2), dtype=dtype, stride=2, groups=2)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_the_taps_tile_the_image_exactly_where_each_position_lies_in_one_window(case):
     # taps_tile_the_image(geometry) is the shortcut of col2im's depth-to-space copy, of its bias folded into the
