@@ -137,8 +137,9 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int 
     next image's top zeros (the next channel's, after the last image), and a few zeros after the last
     channel (the buffer's guard) serve the last one. Fewer columns to multiply: 29 × 29 instead of
     30 × 30 per 28 × 28 image at padding 1, the wrapped columns a product computes and drops (see
-    :func:`plane_span`) from 13% of those it keeps to 6% (four images per part). Measured (training step, paired against the
-    unshared planes, 21 rounds): grp8_128_28 0.94 of the time, dil2_64_56 0.98, T_g4_64_k4s2 0.99.
+    :func:`plane_span`) from 13% of those it keeps to 6% (four images per part). Measured (training step,
+    paired against the unshared planes, 21 rounds): grp8_128_28 0.94 of the time, dil2_64_56 0.98,
+    T_g4_64_k4s2 0.99.
     """
     n, c, height, width = x.shape
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
@@ -157,7 +158,8 @@ def _phase_planes(x: torch.Tensor, geometry: Geometry, name: str, capacity: int 
     shape = (len(row_phases), len(col_phases), parts, max(c, capacity), n // parts, rows, cols)
     flat, kept = workspace.framed_buffer(name, (math.prod(shape) + guard,), (shape, tuple(map(tuple, windows))),
                                          x.dtype, x.device)
-    flat[flat.numel() - guard:].zero_()
+    if guard:
+        flat[flat.numel() - guard:].zero_()
     planes = flat[:flat.numel() - guard].view(shape)
     planes, x_cm = planes[:, :, :, :c], x.unflatten(0, (parts, n // parts)).transpose(1, 2)
     for ia, a in enumerate(row_phases):
@@ -827,7 +829,7 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
     of the old time in the rounds of chapter 7's slow phase, the same in the fast ones.
     """
     g, og, cg = _split(geometry, weight)
-    n, (kh, kw), (sh, sw), (dh, dw) = x.shape[0], geometry.kernel_size, geometry.stride, geometry.dilation
+    n, (kh, kw) = x.shape[0], geometry.kernel_size
     rows_out, cols_out = geometry.output_size
     parts = _parts(n)
     m = n // parts
@@ -1351,7 +1353,6 @@ def correlate_weight_shifted(x: torch.Tensor, y: torch.Tensor, geometry: Geometr
     """Shifted products: ``W[g,:,:,u,v] = Y[g] · P_(du mod s_h, dv mod s_w)[g][:, off(u,v) : off(u,v) + L']ᵀ``
     on the phase planes of x (:func:`_phase_planes`, :func:`_weight_taps`): each tap is one
     product contracting batch and positions together, and no column matrix is built."""
-    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel_size, geometry.stride, geometry.dilation
     parts = 1 if blocked else _parts(x.shape[0])
     planes, rows, cols = _phase_planes(x, geometry, "planes", parts=parts, shared=True)
     span = plane_span(x.shape[0] // parts, rows, cols, geometry)
