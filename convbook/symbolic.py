@@ -14,6 +14,8 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         multiply-accumulates at constant offsets (chapter 7)
 * :func:`im2col_from_phase_planes`      a strided layer's columns read from the phase planes of its
                                         input, tap phase by tap phase (chapter 7)
+* :func:`shifted_products_on_shared_borders`  at stride 1 the shifted products read their zeros from the
+                                        borders the rows and images share (chapter 7)
 * :func:`channels_last_rows`            the forward and the weight gradient from a column matrix
                                         with one row per position, read from x in channels-last
                                         order (chapter 7)
@@ -342,6 +344,55 @@ def im2col_from_phase_planes(case: Case) -> Equality:
     truth = reference.conv2d(x, w, None, **case.geometry())
     return equality("W · X_col, X_col read from the phase planes P_(du mod s) at i + ⌊du/s⌋ = conv2d(x, w)",
                     case.describe(), derived, truth)
+
+
+SHARED_BORDER_CASES = {
+    "3 × 3, padding 1, 2 images": Case((2, 2, 3, 4), (2, 2, 3, 3), padding=(1, 1)),
+    "padding (2, 0), dilation (1, 2), groups 2": Case((2, 2, 3, 5), (2, 1, 3, 2), padding=(2, 0), dilation=(1, 2),
+                                                      groups=2),
+    "padding larger than the kernel": Case((2, 1, 2, 3), (1, 1, 2, 2), padding=(3, 3)),
+}
+"""Tiny stride-1 cases for :func:`shifted_products_on_shared_borders`: wraps past rows, images and the guard."""
+
+
+def shifted_products_on_shared_borders(case: Case, extra_trim: int = 0) -> Equality:
+    """Chapter 7, shifted products on shared borders (stride 1): each channel's images laid end to end on a grid
+    of R × Q, with R = H_out + d_h(k_h − 1) − min(p_top, p_bottom, d_h(k_h − 1)) (Q likewise) and x at row p_top,
+    column p_left of each image, then zeros: the guard. Output (n, i, j) at tap (u, v) reads column
+    ``t + d_h·u·Q + d_w·v`` of its channel, t = n·R·Q + i·Q + j -- past a row's end into the next row's zeros, past
+    an image's bottom into the next image's, past the last image into the guard -- and the forward
+    ``Σ_(u,v) W[:, :, u, v] · P[:, t + off(u, v)]`` is compared with the loop reference. The columns are counted
+    by :func:`convbook.strategies.plane_span`. ``extra_trim`` shrinks R and Q by one more than the rule allows
+    (the products then read x where they should read zeros)."""
+    from .strategies import plane_span       # imports torch: only where a chapter-7 check needs it
+    (n, c, height, width), (o, cg, kh, kw) = case.input_shape, case.weight_shape
+    (top, left), (dh, dw) = case.padding, case.dilation
+    rows_out, cols_out = case.conv_output_shape()[2:]
+    if case.stride != (1, 1):
+        raise ValueError("the borders are shared at stride 1")
+    spans = (dh * (kh - 1), dw * (kw - 1))
+    bottom, right = rows_out + spans[0] - top - height, cols_out + spans[1] - left - width
+    rows = rows_out + spans[0] - min(top, bottom, spans[0]) - extra_trim
+    cols = cols_out + spans[1] - min(left, right, spans[1]) - extra_trim
+    x, w = symbols("x", case.input_shape), symbols("w", case.weight_shape)
+    length = n * rows * cols + rows * cols            # the images, then more than enough zeros for the guard
+    planes = [[0] * length for _ in range(c)]
+    for i, k, h, l in product(range(n), range(c), range(height), range(width)):
+        planes[k][i * rows * cols + (h + top) * cols + l + left] = x[i, k, h, l]
+    span = plane_span(n, rows, cols, Geometry((kh, kw), (1, 1), (top, left), (dh, dw), case.groups,
+                                              (height, width), (rows_out, cols_out)))
+    og = o // case.groups
+    derived = sympy.MutableDenseNDimArray.zeros(n, o, rows_out, cols_out)
+    for i, oo, r, q in product(range(n), range(o), range(rows_out), range(cols_out)):
+        t = i * rows * cols + r * cols + q
+        assert t < span
+        derived[i, oo, r, q] = sum(w[oo, k, u, v] * planes[oo // og * cg + k][t + dh * u * cols + dw * v]
+                                   for k, u, v in product(range(cg), range(kh), range(kw)))
+    truth = reference.conv2d(x, w, None, **case.geometry())
+    claim = "Σ_(u,v) W_(u,v) · P[t + d·u·Q + d·v] on shared zero borders = conv2d(x, w)"
+    if extra_trim:
+        claim += f", R and Q {extra_trim} smaller than the rule"
+    return equality(claim, case.describe(), derived, truth)
 
 
 CHANNELS_LAST_CASES = {
