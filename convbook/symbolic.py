@@ -14,7 +14,7 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         multiply-accumulates at constant offsets (chapter 7)
 * :func:`im2col_from_phase_planes`      a strided layer's columns read from the phase planes of its
                                         input, tap phase by tap phase (chapter 7)
-* :func:`shifted_products_on_shared_borders`  at stride 1 the shifted products read their zeros from the
+* :func:`shared_borders`              at stride 1 the shifted products read their zeros from the
                                         borders the rows and images share (chapter 7)
 * :func:`channels_last_rows`            the forward and the weight gradient from a column matrix
                                         with one row per position, read from x in channels-last
@@ -352,17 +352,17 @@ SHARED_BORDER_CASES = {
                                                       groups=2),
     "padding larger than the kernel": Case((2, 1, 2, 3), (1, 1, 2, 2), padding=(3, 3)),
 }
-"""Tiny stride-1 cases for :func:`shifted_products_on_shared_borders`: wraps past rows, images and the guard."""
+"""Tiny stride-1 cases for :func:`shared_borders`: wraps past rows, images and the guard."""
 
 
-def shifted_products_on_shared_borders(case: Case, extra_trim: int = 0) -> Equality:
+def shared_borders(case: Case, extra_trim: int = 0) -> Equality:
     """Chapter 7, shifted products on shared borders (stride 1): each channel's images laid end to end on a grid
     of R × Q, with R = H_out + d_h(k_h − 1) − min(p_top, p_bottom, d_h(k_h − 1)) (Q likewise) and x at row p_top,
     column p_left of each image, then zeros: the guard. Output (n, i, j) at tap (u, v) reads column
     ``t + d_h·u·Q + d_w·v`` of its channel, t = n·R·Q + i·Q + j -- past a row's end into the next row's zeros, past
     an image's bottom into the next image's, past the last image into the guard -- and the forward
     ``Σ_(u,v) W[:, :, u, v] · P[:, t + off(u, v)]`` is compared with the loop reference. The columns are counted
-    by :func:`convbook.strategies.plane_span`. ``extra_trim`` shrinks R and Q by one more than the rule allows
+    by ``convbook.strategies.plane_span``. ``extra_trim`` shrinks R and Q by one more than the rule allows
     (the products then read x where they should read zeros)."""
     from .strategies import plane_span       # imports torch: only where a chapter-7 check needs it
     (n, c, height, width), (o, cg, kh, kw) = case.input_shape, case.weight_shape

@@ -123,13 +123,13 @@ def test_sympy_strided_columns_read_from_the_phase_planes_give_the_convolution(c
 
 @pytest.mark.parametrize("case", symbolic.SHARED_BORDER_CASES.values(), ids=symbolic.SHARED_BORDER_CASES.keys())
 def test_sympy_shifted_products_on_shared_zero_borders_give_the_convolution(case):
-    assert_all_equal([symbolic.shifted_products_on_shared_borders(case)])
+    assert_all_equal([symbolic.shared_borders(case)])
 
 
 @pytest.mark.parametrize("name", ["3 × 3, padding 1, 2 images", "padding (2, 0), dilation (1, 2), groups 2"])
 def test_sympy_shared_borders_trimmed_one_more_read_x_where_zeros_belong(name):
     # where min(p_before, p_after) is what limits the trim, one row and one column fewer and some tap reads x
-    assert not symbolic.shifted_products_on_shared_borders(symbolic.SHARED_BORDER_CASES[name], extra_trim=1).all_equal
+    assert not symbolic.shared_borders(symbolic.SHARED_BORDER_CASES[name], extra_trim=1).all_equal
 
 
 @pytest.mark.parametrize("case", symbolic.CHANNELS_LAST_CASES.values(), ids=symbolic.CHANNELS_LAST_CASES.keys())
