@@ -14,7 +14,7 @@ explicit matrix -- by exact symbolic equality (``expand(a − b) == 0``), never 
                                         multiply-accumulates at constant offsets (chapter 7)
 * :func:`im2col_from_phase_planes`      a strided layer's columns read from the phase planes of its
                                         input, tap phase by tap phase (chapter 7)
-* :func:`shared_borders`              at stride 1 the shifted products read their zeros from the
+* :func:`shared_borders`                at stride 1 the shifted products read their zeros from the
                                         borders the rows and images share (chapter 7)
 * :func:`channels_last_rows`            the forward and the weight gradient from a column matrix
                                         with one row per position, read from x in channels-last
