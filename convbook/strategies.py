@@ -457,7 +457,9 @@ def _reused(x: torch.Tensor, geometry: Geometry, fold_batch: bool) -> torch.Tens
 
 POSITIONS_MAJOR_DEPTH = 8
 """A product ``W · X_col`` that contracts at least this many times as many entries (K = C_g·k_h·k_w) as it
-has rows (O_g) is written positions-major (:func:`_product_into`)."""
+has rows (O_g) is written positions-major (:func:`_product_into`). Re-measured on the layers that reach it
+now, the rule switched in alternate rounds of one process (training step, with against without): dil2_64_56
+0.94-0.96 of the time, r18_512_7 0.98-0.99 (two runs each), T_128_64_k4s2 0.99-1.04 (six)."""
 
 
 def _batched(w: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -625,7 +627,10 @@ WEIGHT_ROWS_LONGER = True
 buffer added transposed into the gradient -- wherever K = C_g·k_h·k_w exceeds O_g, rather than as
 ``Y · X_colᵀ`` with O_g rows. Both contract the same positions; MKL on the benchmark's AMD EPYC runs
 the long-rows orientation faster. Measured (training step, paired, new/old): r18_64_56 0.96,
-r18_128_28 0.92, dil2_64_56 0.89, r18_stem 0.94, T_128_64_k4s2 0.90, T_64_32_k2s2 0.93."""
+r18_128_28 0.92, dil2_64_56 0.89, r18_stem 0.94, T_128_64_k4s2 0.90, T_64_32_k2s2 0.93 -- against a second copy
+of the package in the process, a method since found biased by up to 10% (chapter 7, *The machine*). Switched in
+alternate rounds of one process instead, on the layers that reach it now (two runs each): r18_stem 0.94-0.95,
+T_128_64_k4s2 0.98-1.02, T_64_32_k2s2 0.98-1.00, r18_64_128s2 1.00."""
 
 
 def _weight_product(grad: torch.Tensor, cols: torch.Tensor, y: torch.Tensor, block: tuple[int, int, int, int],
