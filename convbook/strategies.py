@@ -819,7 +819,7 @@ def correlate_weight_channels_last(x: torch.Tensor, y: torch.Tensor, geometry: G
 
 
 def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry, partner: torch.Tensor | None = None,
-                      into: torch.Tensor | None = None):
+                      into: torch.Tensor | None = None, bias: torch.Tensor | None = None):
     """Shifted matrix products: ``Y[g] = Σ_{u,v} W[g,:,:,u,v] · P_{(du mod s_h, dv mod s_w)}[g][:, off(u,v) : off(u,v) + L']``.
 
     Flattening the padded phase planes (:func:`_phase_planes`) turns every tap's window into a
@@ -831,7 +831,8 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
     The planes hold the images in one part per thread (:func:`_parts`), each tap's products of all parts
     and groups are one batched product, and the layout copy into y splits at the same part boundary: each
     thread reads back what it wrote. Measured (150 s of paired rounds): grp8_128_28's training step 0.87
-    of the old time in the rounds of chapter 7's slow phase, the same in the fast ones.
+    of the old time in the rounds of chapter 7's slow phase, the same in the fast ones. A ``bias`` is added in
+    that copy (:data:`ADDS_BIAS`).
     """
     g, og, cg = _split(geometry, weight)
     n, (kh, kw) = x.shape[0], geometry.kernel_size
@@ -849,7 +850,10 @@ def correlate_shifted(x: torch.Tensor, weight: torch.Tensor, geometry: Geometry,
         _multiply(out, taps[u, v], source, accumulate=(u, v) != (0, 0))
     y = out.as_strided((parts, m, g * og, rows_out, cols_out), (g * og * span, rows * cols, span, cols, 1))
     result = x.new_empty(n, g * og, rows_out, cols_out) if into is None else into  # never the buffer
-    result.unflatten(0, (parts, m)).copy_(y)
+    if bias is None:
+        result.unflatten(0, (parts, m)).copy_(y)
+    else:
+        torch.add(y, bias.view(-1, 1, 1), out=result.unflatten(0, (parts, m)))
     if partner is None:
         return result
     return result, _weight_taps(sources, partner, geometry, rows, cols, span, blocked=False, parts=parts)
@@ -1600,9 +1604,11 @@ fft against the direct strategy): 0.2-0.65 at work 560-1600 (k = 7, 9, 11 on 32-
 427 (256 channels, 14 × 14, k = 7), 1.1-1.4 at 80-330 (k = 5 on 128-256 channels, batch 1, k = 3)."""
 
 
-ADDS_BIAS = {("correlate_transpose", "col2im"), ("correlate_transpose", "col2im_folded")}
+ADDS_BIAS = {("correlate_transpose", "col2im"), ("correlate_transpose", "col2im_folded"), ("correlate", "shifted")}
 """The strategies that take ``bias=`` (:func:`run`) and add it themselves: col2im folds it into its product
-where the taps tile the image (:func:`correlate_transpose_col2im`)."""
+where the taps tile the image (:func:`correlate_transpose_col2im`); shifted adds it in its layout copy into y,
+one pass over y instead of two (grp8_128_28's forward, paired against adding it after: 0.98 of the time in
+two runs of 31 rounds)."""
 
 WRITES_INTO = {("correlate", "shifted")}
 """The strategies that take ``into=`` (:func:`run`): their result is a layout copy out of a scratch
